@@ -1,0 +1,547 @@
+"""Reading audiocraft / PyTorch checkpoints without torch, and mapping them onto our modules.
+
+The released AudioGen files (`state_dict.bin`, `compression_state_dict.bin`) are `torch.save` zip archives
+holding a pickled dict: `best_state` (the model's state dict), `xp.cfg` (the whole training config as a YAML
+string, interpolations unresolved), `version` and `exported`. This module reads them with a restricted unpickler
+that knows a short allow-list of globals and never imports torch: tensors come back as `LazyTensor`s that read
+their bytes from the archive only when asked, so a 3.7 GB checkpoint is converted one tensor at a time.
+
+Conversion is declarative: each component (`encodec.py`, `lm.py`, `t5.py`) gives a list of `Rule`s mapping
+source keys onto the parameter paths of its own NNX module. `convert_state` checks that every source key is
+consumed exactly once, every parameter is filled exactly once with the shape the config implies, and otherwise
+raises one `ConversionError` that lists every missing, unexpected and mis-shaped key.
+
+The command-line entry point is `convert_weights.py` at the repository root (and `audiogen-jax convert`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import pickle
+import re
+import struct
+import zipfile
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import yaml
+
+# torch storage class name -> numpy dtype. bfloat16 comes from ml_dtypes (a jax dependency).
+_STORAGE_DTYPES = {
+    "FloatStorage": np.dtype("float32"),
+    "DoubleStorage": np.dtype("float64"),
+    "HalfStorage": np.dtype("float16"),
+    "LongStorage": np.dtype("int64"),
+    "IntStorage": np.dtype("int32"),
+    "ShortStorage": np.dtype("int16"),
+    "CharStorage": np.dtype("int8"),
+    "ByteStorage": np.dtype("uint8"),
+    "BoolStorage": np.dtype("bool"),
+}
+
+
+def _bfloat16() -> np.dtype:
+    import ml_dtypes
+
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+class ConversionError(ValueError):
+    """A checkpoint that does not fit the model its config describes."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Restricted unpickling of torch zip archives.
+
+
+@dataclasses.dataclass(frozen=True)
+class _Storage:
+    key: str  # name of the archive member under `data/` holding the raw bytes
+    dtype: np.dtype
+
+
+@dataclasses.dataclass(frozen=True)
+class LazyTensor:
+    """A tensor inside a torch zip archive; `.numpy()` reads exactly its bytes."""
+
+    archive: "TorchArchive"
+    storage: _Storage
+    offset: int  # in elements
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.storage.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    def numpy(self) -> np.ndarray:
+        return self.archive.read(self)
+
+
+_TORCH_GLOBALS = {
+    ("collections", "OrderedDict"): OrderedDict,
+    ("torch._utils", "_rebuild_tensor_v2"): "rebuild_tensor",
+    ("torch._utils", "_rebuild_parameter"): "rebuild_parameter",
+}
+
+
+class TorchArchive:
+    """A `torch.save` zip archive opened for lazy, torch-free reading."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        try:
+            self._zip = zipfile.ZipFile(self.path)
+        except zipfile.BadZipFile as e:
+            raise ConversionError(
+                f"{self.path} is not a torch zip checkpoint (torch.save since 1.6 writes zip archives); "
+                "legacy pickles can be read with `torch.load(..., weights_only=True)`"
+            ) from e
+        names = self._zip.namelist()
+        pkl = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
+        if len(pkl) != 1:
+            raise ConversionError(f"{self.path}: expected one data.pkl in the archive, found {pkl}")
+        self._prefix = pkl[0][: -len("data.pkl")]
+        byteorder = self._prefix + "byteorder"
+        if byteorder in names and self._zip.read(byteorder).decode().strip() != "little":
+            raise ConversionError(f"{self.path}: big-endian checkpoints are not supported")
+        self._pickle_name = pkl[0]
+
+    def load(self) -> Any:
+        """Unpickles the archive's object, with tensors as `LazyTensor`s."""
+        archive = self
+
+        class _Unpickler(pickle.Unpickler):
+            def find_class(self, module: str, name: str) -> Any:
+                if module == "torch" and name in _STORAGE_DTYPES:
+                    return name
+                if module == "torch" and name == "BFloat16Storage":
+                    return name
+                target = _TORCH_GLOBALS.get((module, name))
+                if target is None:
+                    raise ConversionError(
+                        f"{archive.path}: refusing to unpickle global {module}.{name} "
+                        "(only tensors, dicts and plain values are allowed in a checkpoint)"
+                    )
+                if target == "rebuild_tensor":
+                    return archive._rebuild_tensor
+                if target == "rebuild_parameter":
+                    return lambda data, requires_grad, hooks: data
+                return target
+
+            def persistent_load(self, pid: Any) -> Any:
+                if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
+                    raise ConversionError(f"{archive.path}: unknown persistent id {pid!r}")
+                _, storage_type, key, _location, _numel = pid
+                dtype = _bfloat16() if storage_type == "BFloat16Storage" else _STORAGE_DTYPES[storage_type]
+                return _Storage(key=str(key), dtype=dtype)
+
+        with self._zip.open(self._pickle_name) as f:
+            return _Unpickler(io.BytesIO(f.read())).load()
+
+    def _rebuild_tensor(self, storage, offset, size, stride, *_ignored) -> LazyTensor:
+        return LazyTensor(self, storage, int(offset), tuple(size), tuple(stride))
+
+    def read(self, t: LazyTensor) -> np.ndarray:
+        member = f"{self._prefix}data/{t.storage.key}"
+        item = t.dtype.itemsize
+        n = int(np.prod(t.shape, dtype=np.int64))
+        contiguous = _contiguous_strides(t.shape) == t.stride
+        with self._zip.open(member) as f:
+            if contiguous:
+                f.seek(t.offset * item)
+                buf = f.read(n * item)
+                return np.frombuffer(buf, dtype=t.dtype).reshape(t.shape).copy()
+            raw = np.frombuffer(f.read(), dtype=t.dtype)
+        view = np.lib.stride_tricks.as_strided(
+            raw[t.offset :], shape=t.shape, strides=[s * item for s in t.stride]
+        )
+        return np.ascontiguousarray(view)
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, acc = [], 1
+    for d in reversed(shape):
+        strides.append(acc)
+        acc *= d
+    return tuple(reversed(strides))
+
+
+def load_torch_checkpoint(path: str | os.PathLike) -> Any:
+    """Loads a torch.save file without torch; falls back to `torch.load(weights_only=True)` for legacy files."""
+    if not os.path.isfile(path):
+        raise ConversionError(f"{path}: no such file")
+    if zipfile.is_zipfile(path):
+        return TorchArchive(path).load()
+    try:
+        import torch
+    except ImportError as e:
+        raise ConversionError(
+            f"{path} is not a torch zip archive; reading a legacy pickle needs torch installed"
+        ) from e
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
+        raise ConversionError(f"{path}: could not be read as a torch checkpoint: {e}") from e
+    return _torch_to_numpy(obj)
+
+
+def _torch_to_numpy(obj: Any) -> Any:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        if obj.dtype == torch.bfloat16:
+            return obj.float().numpy().astype(_bfloat16())
+        return obj.numpy()
+    if isinstance(obj, dict):
+        return type(obj)((k, _torch_to_numpy(v)) for k, v in obj.items())
+    return obj
+
+
+def as_numpy(t: LazyTensor | np.ndarray) -> np.ndarray:
+    return t.numpy() if isinstance(t, LazyTensor) else np.asarray(t)
+
+
+def shape_of(t: LazyTensor | np.ndarray) -> tuple[int, ...]:
+    return tuple(t.shape)
+
+
+# --------------------------------------------------------------------------------------------------
+# audiocraft packages: {'best_state', 'xp.cfg', 'version', 'exported'}
+
+
+@dataclasses.dataclass(frozen=True)
+class AudiocraftPackage:
+    state: Mapping[str, LazyTensor | np.ndarray]
+    cfg: "YamlConfig"
+    version: str | None
+
+
+def load_audiocraft_package(path: str | os.PathLike, what: str) -> AudiocraftPackage:
+    """Reads an audiocraft export (`state_dict.bin` or `compression_state_dict.bin`)."""
+    obj = load_torch_checkpoint(path)
+    if not isinstance(obj, dict) or "best_state" not in obj or "xp.cfg" not in obj:
+        keys = sorted(obj)[:10] if isinstance(obj, dict) else type(obj).__name__
+        raise ConversionError(
+            f"{path} is not an audiocraft {what} checkpoint: expected a dict with 'best_state' and "
+            f"'xp.cfg', found {keys}"
+        )
+    if "pretrained" in obj:
+        raise ConversionError(f"{path} points to another pretrained model ({obj['pretrained']!r})")
+    cfg_text = obj["xp.cfg"]
+    if not isinstance(cfg_text, str):
+        raise ConversionError(f"{path}: 'xp.cfg' should be a YAML string, got {type(cfg_text).__name__}")
+    return AudiocraftPackage(obj["best_state"], YamlConfig.from_text(cfg_text), obj.get("version"))
+
+
+_INTERP = re.compile(r"\$\{([^}]*)\}")
+
+
+class YamlConfig:
+    """An OmegaConf-style YAML tree whose `${a.b}` interpolations are resolved lazily, on the keys read.
+
+    audiocraft exports its training config unresolved (`encodec.sample_rate: ${sample_rate}`), and some keys
+    we never read (`${oc.env:USER}`) cannot be resolved on every machine, so resolve only what is asked for.
+    """
+
+    def __init__(self, tree: Mapping[str, Any]):
+        self.tree = tree
+
+    @classmethod
+    def from_text(cls, text: str) -> "YamlConfig":
+        tree = yaml.safe_load(text)
+        if not isinstance(tree, dict):
+            raise ConversionError("xp.cfg is not a YAML mapping")
+        return cls(tree)
+
+    def get(self, dotted: str, default: Any = ...) -> Any:
+        return self._resolve(self._lookup(dotted, default), dotted, depth=0)
+
+    def has(self, dotted: str) -> bool:
+        return self._lookup(dotted, None) is not None
+
+    def _lookup(self, dotted: str, default: Any) -> Any:
+        node: Any = self.tree
+        for part in dotted.split("."):
+            if isinstance(node, Mapping) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                if default is ...:
+                    raise ConversionError(f"xp.cfg has no key {dotted!r}")
+                return default
+        return node
+
+    def _resolve(self, value: Any, where: str, depth: int) -> Any:
+        if depth > 20:
+            raise ConversionError(f"xp.cfg: interpolation loop at {where!r}")
+        if isinstance(value, str):
+            whole = _INTERP.fullmatch(value)
+            if whole:
+                return self._resolve(self._ref(whole.group(1), where), whole.group(1), depth + 1)
+            if _INTERP.search(value):
+                return _INTERP.sub(
+                    lambda m: str(self._resolve(self._ref(m.group(1), where), m.group(1), depth + 1)), value
+                )
+            return value
+        if isinstance(value, Mapping):
+            return {k: self._resolve(v, f"{where}.{k}", depth) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._resolve(v, f"{where}.{i}", depth) for i, v in enumerate(value)]
+        return value
+
+    def _ref(self, ref: str, where: str) -> Any:
+        if ref.startswith("oc.env:"):
+            name, _, default = ref[len("oc.env:") :].partition(",")
+            if name in os.environ:
+                return os.environ[name]
+            if default:
+                return default.strip()
+            raise ConversionError(f"xp.cfg: {where!r} needs environment variable {name}")
+        if ref.startswith("."):
+            raise ConversionError(f"xp.cfg: relative interpolation ${{{ref}}} at {where!r} is not supported")
+        return self._lookup(ref, ...)
+
+
+# --------------------------------------------------------------------------------------------------
+# Declarative mapping.
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """Maps the source keys matching `pattern` onto `targets` (templates using the regex's groups).
+
+    All source keys that give the same targets form one group; `fn` receives them as {source_key: array}
+    (in the order they appear in the checkpoint) and returns one array per target. Examples:
+      weight norm:  (?P<m>.*)\\.weight_[gv]  ->  \\g<m>.kernel           fn folds g and v into one kernel
+      packed qkv:   (.*)\\.in_proj_weight    ->  (\\1.q, \\1.k, \\1.v)     fn splits the rows in three
+    """
+
+    pattern: str
+    targets: str | tuple[str, ...]
+    fn: Callable[[dict[str, np.ndarray]], np.ndarray | tuple[np.ndarray, ...]] = (
+        lambda srcs: next(iter(srcs.values()))
+    )
+
+    def target_tuple(self, m: re.Match) -> tuple[str, ...]:
+        ts = (self.targets,) if isinstance(self.targets, str) else self.targets
+        return tuple(m.expand(t) for t in ts)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Group:
+    rule: Rule
+    sources: tuple[str, ...]
+    targets: tuple[str, ...]
+
+
+def plan_conversion(
+    source_keys: Iterable[str],
+    rules: list[Rule],
+    expected: Mapping[str, tuple[int, ...]],
+    ignore: Iterable[str] = (),
+) -> list[_Group]:
+    """Groups source keys by rule and checks coverage before any tensor is read.
+
+    Raises one ConversionError listing unexpected source keys (no rule matched), keys claimed by two rules,
+    and expected parameters that no rule fills or that two rules fill.
+    """
+    ignore_res = [re.compile(p) for p in ignore]
+    compiled = [(r, re.compile(r.pattern)) for r in rules]
+    groups: dict[tuple[int, tuple[str, ...]], list[str]] = {}
+    unexpected, doubly = [], []
+    for key in source_keys:
+        if any(p.fullmatch(key) for p in ignore_res):
+            continue
+        hits = [(i, r, m) for i, (r, p) in enumerate(compiled) if (m := p.fullmatch(key))]
+        if not hits:
+            unexpected.append(key)
+            continue
+        if len(hits) > 1:
+            doubly.append(key)
+        i, r, m = hits[0]
+        groups.setdefault((i, r.target_tuple(m)), []).append(key)
+    filled: dict[str, int] = {}
+    plan = []
+    for (i, targets), srcs in groups.items():
+        plan.append(_Group(rules[i], tuple(srcs), targets))
+        for t in targets:
+            filled[t] = filled.get(t, 0) + 1
+    missing = sorted(k for k in expected if k not in filled)
+    unknown_targets = sorted(t for t in filled if t not in expected)
+    twice = sorted(t for t, n in filled.items() if n > 1)
+    problems = []
+    if unexpected:
+        problems.append(f"unexpected source keys ({len(unexpected)}): {_short(unexpected)}")
+    if doubly:
+        problems.append(f"source keys matched by several rules: {_short(doubly)}")
+    if missing:
+        problems.append(f"parameters missing from the checkpoint ({len(missing)}): {_short(missing)}")
+    if unknown_targets:
+        problems.append(f"checkpoint fills parameters the config does not have: {_short(unknown_targets)}")
+    if twice:
+        problems.append(f"parameters filled more than once: {_short(twice)}")
+    if problems:
+        raise ConversionError("checkpoint does not match its config:\n  " + "\n  ".join(problems))
+    return plan
+
+
+def _short(items: list[str], n: int = 20) -> str:
+    return ", ".join(items[:n]) + (f", ... ({len(items) - n} more)" if len(items) > n else "")
+
+
+def convert_state(
+    state: Mapping[str, LazyTensor | np.ndarray],
+    rules: list[Rule],
+    expected: Mapping[str, tuple[int, ...]],
+    ignore: Iterable[str] = (),
+    dtype: np.dtype | None = None,
+) -> Iterator[tuple[str, np.ndarray]]:
+    """Yields (parameter path, array) one group at a time; errors list every mis-shaped parameter.
+
+    Shapes are checked group by group as tensors are read; the mis-shaped ones are collected and reported
+    together at the end, so a single run names every problem.
+    """
+    plan = plan_conversion(state.keys(), rules, expected, ignore)
+    misshaped = []
+    for g in plan:
+        arrays = {k: as_numpy(state[k]) for k in g.sources}
+        out = g.rule.fn(arrays)
+        outs = out if isinstance(out, tuple) else (out,)
+        for name, arr in zip(g.targets, outs, strict=True):
+            if tuple(arr.shape) != tuple(expected[name]):
+                misshaped.append(f"{name}: checkpoint gives {tuple(arr.shape)}, config wants {tuple(expected[name])}")
+                continue
+            if dtype is not None and np.issubdtype(arr.dtype, np.floating):
+                arr = arr.astype(dtype)
+            yield name, arr
+    if misshaped:
+        raise ConversionError("checkpoint shapes disagree with its config:\n  " + "\n  ".join(misshaped))
+
+
+def check_shapes(
+    state: Mapping[str, LazyTensor | np.ndarray],
+    rules: list[Rule],
+    expected: Mapping[str, tuple[int, ...]],
+    ignore: Iterable[str] = (),
+) -> None:
+    """Runs `convert_state` for its checks only (small checkpoints, or tests)."""
+    for _ in convert_state(state, rules, expected, ignore):
+        pass
+
+
+# --------------------------------------------------------------------------------------------------
+# Streaming safetensors writer: the header is known from the expected shapes, tensors are written as
+# they are converted, so peak memory is one group of tensors, not the whole model.
+
+_ST_DTYPES = {
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "float64": "F64",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
+}
+
+
+class SafetensorsWriter:
+    """Writes a safetensors file tensor by tensor, in any order, given every name/shape/dtype up front."""
+
+    def __init__(self, path: str | os.PathLike, specs: Mapping[str, tuple[tuple[int, ...], np.dtype]],
+                 metadata: Mapping[str, str] | None = None):
+        self.path = os.fspath(path)
+        header: dict[str, Any] = {}
+        self._offsets: dict[str, tuple[int, int, tuple[int, ...], np.dtype]] = {}
+        pos = 0
+        for name in sorted(specs):
+            shape, dtype = specs[name]
+            dtype = np.dtype(dtype)
+            n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            header[name] = {"dtype": _ST_DTYPES[dtype.name], "shape": list(shape), "data_offsets": [pos, pos + n]}
+            self._offsets[name] = (pos, n, tuple(shape), dtype)
+            pos += n
+        if metadata:
+            header["__metadata__"] = dict(metadata)
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * (-len(blob) % 8)
+        self._data_start = 8 + len(blob)
+        self._tmp = self.path + ".partial"
+        self._f = open(self._tmp, "wb")
+        self._f.write(struct.pack("<Q", len(blob)))
+        self._f.write(blob)
+        self._f.truncate(self._data_start + pos)
+        self._written: set[str] = set()
+
+    def write(self, name: str, arr: np.ndarray) -> None:
+        start, n, shape, dtype = self._offsets[name]
+        arr = np.ascontiguousarray(arr, dtype=dtype)
+        if tuple(arr.shape) != shape:
+            raise ConversionError(f"{name}: shape {arr.shape} != {shape}")
+        self._f.seek(self._data_start + start)
+        self._f.write(arr.tobytes())
+        self._written.add(name)
+
+    def close(self) -> None:
+        """Renames the file into place only when every tensor was written (never a half-written file)."""
+        self._f.close()
+        missing = set(self._offsets) - self._written
+        if missing:
+            os.remove(self._tmp)
+            raise ConversionError(f"{self.path}: tensors never written: {_short(sorted(missing))}")
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        self._f.close()
+        if os.path.exists(self._tmp):
+            os.remove(self._tmp)
+
+
+def write_converted(
+    path: str | os.PathLike,
+    converted: Iterator[tuple[str, np.ndarray]],
+    specs: Mapping[str, tuple[tuple[int, ...], np.dtype]],
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    """Streams `convert_state`'s output into a safetensors file; removes the partial file on error."""
+    writer = SafetensorsWriter(path, specs, metadata)
+    try:
+        for name, arr in converted:
+            writer.write(name, arr)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry points, one per component; `convert_weights.py` calls these. Each writes its weights file and its
+# section of DIR/config.json (see checkpoint.py), never a half-written file.
+
+
+def convert_compression(src: str | os.PathLike, out_dir: str | os.PathLike) -> None:
+    """audiocraft `compression_state_dict.bin` -> DIR/compression.safetensors + config['compression']."""
+    raise NotImplementedError("EnCodec conversion lands with the codec (encodec.py)")
+
+
+def convert_lm(src: str | os.PathLike, out_dir: str | os.PathLike, dtype: str = "float32") -> None:
+    """audiocraft `state_dict.bin` -> DIR/lm.safetensors + config['lm'] (streams; needs no torch)."""
+    raise NotImplementedError("LM conversion lands with the LM (lm.py)")
+
+
+def convert_t5(src: str | os.PathLike, out_dir: str | os.PathLike) -> None:
+    """A Hugging Face T5 checkpoint (dir or hub id) -> DIR/t5.safetensors + DIR/tokenizer/ + config['t5']."""
+    raise NotImplementedError("T5 conversion lands with the text encoder (t5.py)")
