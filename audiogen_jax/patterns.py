@@ -1,15 +1,15 @@
 """The delay pattern: how K parallel codebooks become one sequence of LM steps, and back.
 
-EnCodec gives K codebooks per frame (`codes_BKT`). The LM predicts all K tokens of a step at once, but
-codebook k of frame t should see codebooks 0..k-1 of the same frame. The delay pattern shifts
-codebook k right by `delays[k]` steps, so that when it is predicted, the coarser codebooks of its frame
-are already in the context (MusicGen, Copet et al. 2023, §2.2, "delay" interleaving; AudioGen-medium
-uses delays [0, 1, 2, 3]).
+EnCodec gives K codebooks per frame (`codes_BKT`). The LM predicts all K tokens of a step at
+once, but codebook k of frame t should see codebooks 0..k-1 of the same frame. The delay pattern
+shifts codebook k right by `delays[k]` steps, so that when it is predicted, the coarser codebooks
+of its frame are already in the context (MusicGen, Copet et al. 2023, §2.2, "delay" interleaving;
+AudioGen-medium uses delays [0, 1, 2, 3]).
 
 The layout, with S = T + max(delays) + 1 steps:
 
     step 0 is all special (the LM's "start" input, it holds no code);
-    step s holds, for codebook k, frame t = s - 1 - delays[k] when 0 <= t < T, else the special token.
+    step s holds, for codebook k, frame t = s - 1 - delays[k] when 0 <= t < T, else special.
 
 For K = 4, T = 5, delays [0, 1, 2, 3] and c[k, t] = 10k + t (S = special):
 
@@ -18,8 +18,8 @@ For K = 4, T = 5, delays [0, 1, 2, 3] and c[k, t] = 10k + t (S = special):
     k2: S  S  S 20 21 22 23 24  S
     k3: S  S  S  S 30 31 32 33 34
 
-The LM's output at step s predicts the input of step s + 1, so codebook k of frame t is *produced* by
-the logits at step t + delays[k] and *written* at step t + 1 + delays[k].
+The LM's output at step s predicts the input of step s + 1, so codebook k of frame t is *produced*
+by the logits at step t + delays[k] and *written* at step t + 1 + delays[k].
 
 Everything here is index math on static shapes: the gather indices are computed once per
 (delays, T) in numpy, and applying them is one gather, so the functions work inside `jax.jit`
@@ -110,8 +110,8 @@ def delayed_frames(delays: Sequence[int], T: int) -> np.ndarray:
     """The frame index each cell of the delayed layout holds, -1 for special cells.
 
     Returns:
-      int [K, S] numpy array, S = T + max(delays) + 1: `frame_KS[k, s] = s - 1 - delays[k]` where that
-      is a real frame (0 <= t < T), else -1.
+      int [K, S] numpy array, S = T + max(delays) + 1: `frame_KS[k, s] = s - 1 - delays[k]` where
+      that is a real frame (0 <= t < T), else -1.
     """
     return _frame_table(_check_delays(delays), _check_T(T)).copy()
 
@@ -128,9 +128,10 @@ def delay_mask(delays: Sequence[int], T: int) -> np.ndarray:
 
 
 def build_delayed(codes_BKT, delays: Sequence[int], special: int):
-    """Lays codes out in the delay pattern: step 0 and every cell outside the pattern hold `special`.
+    """Lays codes out in the delay pattern; step 0 and cells outside the pattern hold `special`.
 
-    Same values as the reference's `build_pattern_sequence(codes, special, keep_only_valid_steps=False)`.
+    Same values as the reference's
+    `build_pattern_sequence(codes, special, keep_only_valid_steps=False)`.
     Under `jax.jit`, pass `delays` as a static tuple; T is the static shape of `codes_BKT`.
 
     Args:
@@ -140,7 +141,8 @@ def build_delayed(codes_BKT, delays: Sequence[int], special: int):
       special: the special token id (the LM's `card`).
 
     Returns:
-      seq_BKS: [B, K, S] with S = T + max(delays) + 1, the dtype of `codes_BKT`; numpy in, numpy out.
+      seq_BKS: [B, K, S] with S = T + max(delays) + 1, the dtype of `codes_BKT`; numpy in, numpy
+        out.
     """
     xp = _xp(codes_BKT)
     codes_BKT = xp.asarray(codes_BKT)
@@ -149,7 +151,9 @@ def build_delayed(codes_BKT, delays: Sequence[int], special: int):
         raise ValueError(f"codes must be [B, K, T], got shape {codes_BKT.shape}")
     B, K, T = codes_BKT.shape
     if K != len(delays):
-        raise ValueError(f"codes have K={K} codebooks but {len(delays)} delays were given: {delays}")
+        raise ValueError(
+            f"codes have K={K} codebooks but {len(delays)} delays were given: {delays}"
+        )
     frame_KS = _frame_table(delays, T)
     # Point special cells at an extra column T that holds the special token, then gather once.
     index_KS = np.where(frame_KS >= 0, frame_KS, T)
@@ -192,11 +196,11 @@ def revert_delayed(seq_BKS, delays: Sequence[int], T: int):
 def revert_logits(logits_BKSV, delays: Sequence[int], T: int, fill: float = float("nan")):
     """Maps LM outputs on the delayed sequence back to frames, for a loss on `codes_BKT`.
 
-    The output at step s predicts the input at step s + 1, so the prediction of codebook k of frame t
-    is `logits[:, k, t + delays[k]]`. It is valid only if it was computed from a step that exists in
-    the sequence and its target is in the sequence too: t + delays[k] < S - 1 (the last step's output
-    is never used). Mirrors the reference's `revert_pattern_logits` on the two sequences it builds:
-    the full one (S = T + max(delays) + 1) and, in `LMModel.compute_predictions` with
+    The output at step s predicts the input at step s + 1, so the prediction of codebook k of
+    frame t is `logits[:, k, t + delays[k]]`. It counts as valid where its target step is in the
+    sequence too: t + delays[k] < S - 1 (the last step's output is never used). Mirrors the
+    reference's `revert_pattern_logits` on the two sequences it builds: the full one
+    (S = T + max(delays) + 1) and, in `LMModel.compute_predictions` with
     `keep_only_valid_steps=True`, its first T + 1 + min(delays) steps.
 
     Args:
@@ -215,7 +219,9 @@ def revert_logits(logits_BKSV, delays: Sequence[int], T: int, fill: float = floa
         raise ValueError(f"logits must be [B, K, S, V], got shape {logits_BKSV.shape}")
     _, K, S, _ = logits_BKSV.shape
     if K != len(delays):
-        raise ValueError(f"logits have K={K} codebooks but {len(delays)} delays were given: {delays}")
+        raise ValueError(
+            f"logits have K={K} codebooks but {len(delays)} delays were given: {delays}"
+        )
     source_KT = np.arange(T)[None, :] + np.asarray(delays)[:, None]
     mask_KT = source_KT < S - 1
     gathered = logits_BKSV[:, np.arange(K)[:, None], np.where(mask_KT, source_KT, 0)]

@@ -1,4 +1,4 @@
-"""Delay pattern: literal tables, round trips, jit, and parity with audiocraft's DelayedPatternProvider."""
+"""Delay pattern: literal tables, round trips, jit, and parity with audiocraft's delay pattern."""
 
 from __future__ import annotations
 
@@ -51,7 +51,9 @@ def test_worked_example_table():
     seq = patterns.build_delayed(_example_codes(4, 5), [0, 1, 2, 3], SP)
     np.testing.assert_array_equal(seq[0], EXAMPLE_SEQ)
     np.testing.assert_array_equal(patterns.delay_mask([0, 1, 2, 3], 5), EXAMPLE_MASK)
-    np.testing.assert_array_equal(patterns.revert_delayed(seq, [0, 1, 2, 3], 5), _example_codes(4, 5))
+    np.testing.assert_array_equal(
+        patterns.revert_delayed(seq, [0, 1, 2, 3], 5), _example_codes(4, 5)
+    )
     assert patterns.num_steps(5, [0, 1, 2, 3]) == 9
 
 
@@ -141,7 +143,7 @@ def test_bad_input_raises():
         patterns.revert_logits(np.zeros((1, 4, 8)), [0, 1, 2, 3], 5)
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Parity with the reference.
 
 
@@ -176,7 +178,9 @@ def test_matches_reference(reference, delays, T):
         S = T + 1 + min(delays) if valid_only else T + max(delays) + 1
         logits = np.random.default_rng(T).standard_normal((2, K, S, 3)).astype(np.float32)
         ref_logits, _, ref_lmask = pattern.revert_pattern_logits(
-            torch.from_numpy(logits).permute(0, 3, 1, 2), float("nan"), keep_only_valid_steps=valid_only
+            torch.from_numpy(logits).permute(0, 3, 1, 2),
+            float("nan"),
+            keep_only_valid_steps=valid_only,
         )
         out, lmask = patterns.revert_logits(logits, delays, T)
         np.testing.assert_array_equal(lmask, ref_lmask.numpy())
