@@ -538,8 +538,52 @@ def convert_compression(src: str | os.PathLike, out_dir: str | os.PathLike) -> N
 
 
 def convert_lm(src: str | os.PathLike, out_dir: str | os.PathLike, dtype: str = "float32") -> None:
-    """audiocraft `state_dict.bin` -> DIR/lm.safetensors + config['lm'] (streams; needs no torch)."""
-    raise NotImplementedError("LM conversion lands with the LM (lm.py)")
+    """audiocraft `state_dict.bin` -> DIR/lm.safetensors + config['lm'] (streams; needs no torch).
+
+    Also writes the text conditioner's projection (`condition_provider.conditioners.description.output_proj`)
+    to DIR/conditioner.safetensors (`kernel` [C, D] = weight.T, `bias` [D], float32) + config['conditioner'].
+    Tensors are read, converted and written one group at a time, so peak memory stays near one layer's worth.
+    """
+    from flax import nnx
+
+    from audiogen_jax import checkpoint, lm as lm_lib
+
+    if dtype not in ("float32", "bfloat16"):
+        raise ConversionError(f"LM dtype must be float32 or bfloat16, got {dtype!r}")
+    np_dtype = np.dtype("float32") if dtype == "float32" else _bfloat16()
+    pkg = load_audiocraft_package(src, "LM")
+    proj_w, proj_b = lm_lib.OUTPUT_PROJ + ".weight", lm_lib.OUTPUT_PROJ + ".bias"
+    if proj_w not in pkg.state or proj_b not in pkg.state:
+        raise ConversionError(f"{src}: no text-conditioner projection ({proj_w} / {proj_b}) in best_state")
+    try:
+        cfg, conditioner = lm_lib.config_from_audiocraft(pkg.cfg, shape_of(pkg.state[proj_w]))
+    except ValueError as e:
+        raise ConversionError(f"{src}: {e}") from e
+    jdtype = {"float32": "float32", "bfloat16": "bfloat16"}[dtype]
+    specs = checkpoint.param_specs(lambda: lm_lib.LMModel(cfg, rngs=nnx.Rngs(0), param_dtype=jdtype))
+    expected = {k: shape for k, (shape, _) in specs.items()}
+    rules = lm_lib.conversion_rules(jdtype)
+    ignore = [re.escape(proj_w), re.escape(proj_b)]
+    os.makedirs(out_dir, exist_ok=True)
+    plan_conversion(pkg.state.keys(), rules, expected, ignore)  # every key problem, before writing anything
+    write_converted(
+        os.path.join(out_dir, "lm.safetensors"),
+        convert_state(pkg.state, rules, expected, ignore, dtype=np_dtype),
+        specs,
+        metadata={"source": os.path.basename(os.fspath(src)), "dtype": dtype},
+    )
+    weight = as_numpy(pkg.state[proj_w]).astype(np.float32)
+    bias = as_numpy(pkg.state[proj_b]).astype(np.float32)
+    D, C = cfg.dim, cfg.condition_dim
+    if bias.shape != (D,):
+        raise ConversionError(f"{src}: {proj_b} has shape {bias.shape}, config wants ({D},)")
+    write_converted(
+        os.path.join(out_dir, "conditioner.safetensors"),
+        iter([("kernel", weight.T), ("bias", bias)]),
+        {"kernel": ((C, D), np.dtype("float32")), "bias": ((D,), np.dtype("float32"))},
+    )
+    checkpoint.update_config(out_dir, "lm", cfg.to_dict())
+    checkpoint.update_config(out_dir, "conditioner", conditioner)
 
 
 def convert_t5(src: str | os.PathLike, out_dir: str | os.PathLike) -> None:

@@ -1,0 +1,622 @@
+"""The delay-pattern transformer language model over EnCodec codes, with an explicit KV cache.
+
+AudioGen models K parallel streams of codes (one per residual codebook) with a single decoder-only
+transformer: at every step of the delayed layout (see `patterns.py`) the K codes of that step are
+embedded and summed, a sinusoidal position is added, a stack of pre-norm layers (causal
+self-attention, cross-attention to the projected T5 text condition, GELU feed-forward) runs, and
+K linear heads give the logits of the next step's K codes.
+
+Mirrors audiocraft 1.3.0 `models/lm.py::LMModel.forward` and `modules/transformer.py`
+(`StreamingTransformer`, `StreamingTransformerLayer`, `StreamingMultiheadAttention` on its custom,
+`memory_efficient` path, `create_sin_embedding`). Attribute names follow the checkpoint keys
+(`emb`, `transformer.layers.{i}.self_attn`, `cross_attention`, `linear1`, `linear2`, `norm1`,
+`norm_cross`, `norm2`, `out_norm`, `linears`), so `convert.py` is mostly renames.
+
+Shapes: B batch, K codebooks, S steps of the delayed layout, L text tokens, D model width,
+F feed-forward width, N heads, H head width, V codebook size (`card`), M cache length (max steps).
+
+Inference is a set of pure functions over an `LMModel` and an explicit `KVCache` pytree:
+  `forward(lm, seq_BKS, condition_BLD)`          teacher-forced logits [B, K, S, V]
+  `init_cache(lm, condition_BLD, max_steps)`     preallocated cache, cross-attention K/V computed once
+  `step(lm, seq_BKS, cache, start)`              S new steps at positions start.., returns the new cache
+The public functions validate their inputs (clear `ValueError`s) and call jitted cores.
+
+Differences from the reference:
+  - The packed `in_proj_weight` is stored as three projections `q_proj`, `k_proj`, `v_proj`
+    (same rows, same math).
+  - The self-attention cache is preallocated to `max_steps` and written in place with
+    `dynamic_update_slice`; attention runs over the whole cache with a position mask, instead of
+    growing the cache with `torch.cat`. The reference refuses a multi-step call on a non-empty
+    cache; `step` allows it (causal within the block), which a prompt prefill uses.
+  - Cross-attention keys/values of the condition are computed once per generation (`init_cache`),
+    not at every step as the reference does.
+  - Linear kernels are stored `[in, out]` for float32 weights (the fastest layout for XLA:CPU),
+    and `[out, in]` (the checkpoint's layout) for bfloat16/float16 weights, whose matmuls take
+    bf16 inputs and accumulate in float32 (`preferred_element_type`): see docs/parity.md for the
+    decode-step timings behind this choice. Activations, softmax and norms are float32 throughout.
+  - Only what AudioGen uses is implemented: pre-norm (`norm_first`), LayerNorm, sinusoidal
+    positions, GELU, `kv_repeat == 1`, no layer scale, no q/k LayerNorm, no rope. The converter
+    refuses checkpoints that need anything else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from audiogen_jax import checkpoint
+from audiogen_jax.config import LMConfig
+
+# A large finite negative score: masked logits vanish in the softmax without risking inf - inf.
+_MASKED = -1e30
+
+
+def kernel_layout(param_dtype) -> str:
+    """'in_out' for float32 kernels, 'out_in' (checkpoint layout) for 16-bit ones."""
+    return "in_out" if jnp.dtype(param_dtype) == jnp.float32 else "out_in"
+
+
+def sin_embedding(positions_S: jax.Array, dim: int, max_period: float) -> jax.Array:
+    """Sinusoidal positions, exactly as audiocraft's `create_sin_embedding`, in float32.
+
+    The cosine half comes first and the frequency exponent divides by `half - 1` (not `half`).
+
+    Args:
+      positions_S: integer positions [S].
+      dim: D (even).
+      max_period: the longest period.
+
+    Returns:
+      [S, D] float32.
+    """
+    half = dim // 2
+    positions = positions_S.astype(jnp.float32)[:, None]
+    exponent = jnp.arange(half, dtype=jnp.float32) / (half - 1)
+    phase = positions / (jnp.float32(max_period) ** exponent)
+    return jnp.concatenate([jnp.cos(phase), jnp.sin(phase)], axis=-1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Leaf modules.
+
+
+class Linear(nnx.Module):
+    """y = x W (+ b), with W stored in the layout that streams fastest for its dtype (see module doc)."""
+
+    def __init__(self, in_features: int, out_features: int, *, use_bias: bool, param_dtype,
+                 rngs: nnx.Rngs, layout: str | None = None):
+        self.layout = layout or kernel_layout(param_dtype)
+        shape = (in_features, out_features) if self.layout == "in_out" else (out_features, in_features)
+        std = 1.0 / math.sqrt(in_features)
+        self.kernel = nnx.Param(
+            (jax.random.normal(rngs.params(), shape, jnp.float32) * std).astype(param_dtype))
+        self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype)) if use_bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        w = self.kernel[...]
+        contract_w = 0 if self.layout == "in_out" else 1
+        # 16-bit weights: feed the dot 16-bit inputs and accumulate in float32. A 16x16->16 dot, or
+        # an upcast of the weights inside jit, is several times slower on XLA:CPU.
+        y = jax.lax.dot_general(
+            x.astype(w.dtype), w, (((x.ndim - 1,), (contract_w,)), ((), ())),
+            preferred_element_type=jnp.float32,
+        )
+        if self.bias is not None:
+            y = y + self.bias[...].astype(jnp.float32)
+        return y
+
+
+class Embed(nnx.Module):
+    """A lookup table of `num` rows of width `dim` (audiocraft `ScaledEmbedding`: no scaling)."""
+
+    def __init__(self, num: int, dim: int, *, param_dtype, rngs: nnx.Rngs):
+        self.embedding = nnx.Param(
+            (jax.random.normal(rngs.params(), (num, dim), jnp.float32) / math.sqrt(dim)).astype(param_dtype))
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding[...], ids, axis=0).astype(jnp.float32)
+
+
+class LayerNorm(nnx.Module):
+    """torch `nn.LayerNorm`: two-pass mean and biased variance, in float32."""
+
+    def __init__(self, dim: int, *, eps: float, param_dtype):
+        self.eps = eps
+        self.scale = nnx.Param(jnp.ones((dim,), param_dtype))
+        self.bias = nnx.Param(jnp.zeros((dim,), param_dtype))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(var + self.eps)
+        return y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+
+
+# --------------------------------------------------------------------------------------------------
+# Attention.
+
+
+def _attend(q_BSNH: jax.Array, k_BMNH: jax.Array, v_BMNH: jax.Array,
+            mask_SM: jax.Array | None) -> jax.Array:
+    """Scaled dot-product attention (scale 1/sqrt(H)); `mask_SM` True where a query may look."""
+    scale = 1.0 / math.sqrt(q_BSNH.shape[-1])
+    scores_BNSM = jnp.einsum("BSNH,BMNH->BNSM", q_BSNH * scale, k_BMNH)
+    if mask_SM is not None:
+        scores_BNSM = jnp.where(mask_SM, scores_BNSM, _MASKED)
+    weights_BNSM = jax.nn.softmax(scores_BNSM, axis=-1)
+    return jnp.einsum("BNSM,BMNH->BSNH", weights_BNSM, v_BMNH)
+
+
+class Attention(nnx.Module):
+    """Multi-head attention with separate q/k/v projections (the reference packs them in one matrix)."""
+
+    def __init__(self, dim: int, num_heads: int, *, use_bias: bool, param_dtype, rngs: nnx.Rngs,
+                 layout: str | None = None):
+        self.num_heads = num_heads
+        lin = functools.partial(Linear, dim, dim, use_bias=use_bias, param_dtype=param_dtype,
+                                rngs=rngs, layout=layout)
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = lin(), lin(), lin(), lin()
+
+    def heads(self, proj: Linear, x_BSD: jax.Array) -> jax.Array:
+        y = proj(x_BSD)
+        return y.reshape(*y.shape[:-1], self.num_heads, y.shape[-1] // self.num_heads)
+
+    def output(self, o_BSNH: jax.Array) -> jax.Array:
+        return self.out_proj(o_BSNH.reshape(*o_BSNH.shape[:-2], -1))
+
+
+class TransformerLayer(nnx.Module):
+    """Pre-norm layer: x += SA(norm1 x); x += CA(norm_cross x, condition); x += FF(norm2 x)."""
+
+    def __init__(self, cfg: LMConfig, *, param_dtype, rngs: nnx.Rngs, layout: str | None = None):
+        kw = dict(param_dtype=param_dtype, rngs=rngs, layout=layout)
+        self.self_attn = Attention(cfg.dim, cfg.num_heads, use_bias=cfg.bias_attn, **kw)
+        self.cross_attention = Attention(cfg.dim, cfg.num_heads, use_bias=cfg.bias_attn, **kw)
+        self.linear1 = Linear(cfg.dim, cfg.ffn_dim, use_bias=cfg.bias_ff, **kw)
+        self.linear2 = Linear(cfg.ffn_dim, cfg.dim, use_bias=cfg.bias_ff, **kw)
+        norm = functools.partial(LayerNorm, cfg.dim, eps=cfg.norm_eps, param_dtype=param_dtype)
+        self.norm1, self.norm_cross, self.norm2 = norm(), norm(), norm()
+
+    def cross_kv(self, condition_BLD: jax.Array) -> tuple[jax.Array, jax.Array]:
+        ca = self.cross_attention
+        return ca.heads(ca.k_proj, condition_BLD), ca.heads(ca.v_proj, condition_BLD)
+
+    def __call__(self, x_BSD, cross_k_BLNH, cross_v_BLNH, past, start):
+        """One layer over S new steps.
+
+        Args:
+          x_BSD: the residual stream of the new steps.
+          cross_k_BLNH, cross_v_BLNH: the condition's keys/values for this layer.
+          past: None (teacher forcing: attend causally within x) or the layer's cache
+            (keys_BMNH, values_BMNH), into which the new keys/values are written at `start`.
+          start: int32 scalar, position of the first new step.
+
+        Returns:
+          (x_BSD, (keys_BMNH, values_BMNH) or None).
+        """
+        sa = self.self_attn
+        h = self.norm1(x_BSD)
+        q, k, v = sa.heads(sa.q_proj, h), sa.heads(sa.k_proj, h), sa.heads(sa.v_proj, h)
+        S = x_BSD.shape[1]
+        if past is None:
+            keys, values = k, v
+            mask_SM = jnp.tril(jnp.ones((S, S), bool))
+        else:
+            zero = jnp.zeros((), jnp.int32)
+            keys = jax.lax.dynamic_update_slice(past[0], k.astype(past[0].dtype), (zero, start, zero, zero))
+            values = jax.lax.dynamic_update_slice(past[1], v.astype(past[1].dtype), (zero, start, zero, zero))
+            query_pos = start + jnp.arange(S, dtype=jnp.int32)
+            mask_SM = jnp.arange(keys.shape[1], dtype=jnp.int32)[None, :] <= query_pos[:, None]
+        x_BSD = x_BSD + sa.output(_attend(q, keys, values, mask_SM))
+        # No key padding mask, as the reference: padded condition rows are exact zeros.
+        ca = self.cross_attention
+        q = ca.heads(ca.q_proj, self.norm_cross(x_BSD))
+        x_BSD = x_BSD + ca.output(_attend(q, cross_k_BLNH, cross_v_BLNH, None))
+        h = jax.nn.gelu(self.linear1(self.norm2(x_BSD)), approximate=False)
+        x_BSD = x_BSD + self.linear2(h)
+        return x_BSD, (None if past is None else (keys, values))
+
+
+class Transformer(nnx.Module):
+    def __init__(self, cfg: LMConfig, *, param_dtype, rngs: nnx.Rngs, layout: str | None = None):
+        self.layers = nnx.List([TransformerLayer(cfg, param_dtype=param_dtype, rngs=rngs, layout=layout)
+                                for _ in range(cfg.num_layers)])
+
+
+class LMModel(nnx.Module):
+    """Embeddings -> sinusoidal positions -> pre-norm transformer -> out_norm -> K heads.
+
+    Args:
+      cfg: the LM config.
+      rngs: random init (tests, the tiny model); converted weights come through `from_pretrained`.
+      param_dtype: weight dtype (float32, or bfloat16 to halve the bytes streamed per step).
+      layout: override the kernel layout ('in_out' or 'out_in'); default from `param_dtype`.
+    """
+
+    def __init__(self, cfg: LMConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32,
+                 layout: str | None = None):
+        self.config = cfg
+        self.emb = nnx.List([Embed(cfg.card + 1, cfg.dim, param_dtype=param_dtype, rngs=rngs)
+                             for _ in range(cfg.n_q)])
+        self.transformer = Transformer(cfg, param_dtype=param_dtype, rngs=rngs, layout=layout)
+        self.out_norm = LayerNorm(cfg.dim, eps=cfg.norm_eps, param_dtype=param_dtype)
+        self.linears = nnx.List([
+            Linear(cfg.dim, cfg.card, use_bias=cfg.bias_proj, param_dtype=param_dtype, rngs=rngs,
+                   layout=layout)
+            for _ in range(cfg.n_q)])
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, dtype=None) -> "LMModel":
+        """Loads DIR/config.json['lm'] + DIR/lm.safetensors.
+
+        Args:
+          directory: a converted directory (`convert_weights.py --lm ... --out DIR`).
+          dtype: None keeps the file's weight dtype (a bf16 file stays bf16); float32 or bfloat16
+            converts after loading (kernels change layout with the dtype, see `kernel_layout`).
+        """
+        cfg = LMConfig.from_dict(checkpoint.read_config(directory, "lm"))
+        path = os.path.join(directory, checkpoint.WEIGHT_FILES["lm"])
+        file_dtype = _file_float_dtype(path)
+        lm = checkpoint.load_module(lambda: cls(cfg, rngs=nnx.Rngs(0), param_dtype=file_dtype), path)
+        if dtype is not None and jnp.dtype(dtype) != file_dtype:
+            lm = lm.astype(dtype)
+        return lm
+
+    def astype(self, dtype) -> "LMModel":
+        """A copy with every weight in `dtype`, kernels re-laid out for it."""
+        dtype = jnp.dtype(dtype)
+        new = nnx.eval_shape(lambda: LMModel(self.config, rngs=nnx.Rngs(0), param_dtype=dtype))
+        graphdef, new_state = nnx.split(new)
+        old = dict(nnx.to_flat_state(nnx.state(self)))
+        old_layout = {p: m.layout for p, m in nnx.iter_modules(self) if isinstance(m, Linear)}
+        new_layout = {p: m.layout for p, m in nnx.iter_modules(new) if isinstance(m, Linear)}
+        flat = nnx.to_flat_state(new_state)
+        for path, var in flat:
+            value = old[path].get_value()
+            if path[-1] == "kernel" and old_layout[path[:-1]] != new_layout[path[:-1]]:
+                value = value.T
+            var.set_value(jnp.asarray(value, dtype))
+        return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+    @property
+    def dtype(self):
+        return self.linears[0].kernel[...].dtype
+
+
+def _file_float_dtype(path: str) -> np.dtype:
+    """The dtype of the floating-point tensors in a safetensors file (read from its header)."""
+    import json
+    import struct
+
+    if not os.path.isfile(path):
+        raise checkpoint.CheckpointError(f"{path}: no such weights file")
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    names = {"F32": jnp.float32, "BF16": jnp.bfloat16, "F16": jnp.float16}
+    found = {v["dtype"] for k, v in header.items() if k != "__metadata__"}
+    floats = sorted(found & set(names))
+    if len(floats) != 1:
+        raise checkpoint.CheckpointError(f"{path}: expected one floating dtype, found {sorted(found)}")
+    return jnp.dtype(names[floats[0]])
+
+
+# --------------------------------------------------------------------------------------------------
+# Conversion from an audiocraft checkpoint (used by `convert.convert_lm`).
+
+# audiocraft `T5Conditioner.MODELS_DIMS`: the text encoder's width, by name.
+T5_DIMS = {
+    "t5-small": 512, "t5-base": 768, "t5-large": 1024, "t5-3b": 1024, "t5-11b": 1024,
+    "google/flan-t5-small": 512, "google/flan-t5-base": 768, "google/flan-t5-large": 1024,
+    "google/flan-t5-3b": 1024, "google/flan-t5-11b": 1024,
+}
+OUTPUT_PROJ = "condition_provider.conditioners.description.output_proj"
+# Keys audiocraft's `load_lm_model` deletes from old configs before building the model.
+_OBSOLETE_KEYS = ("conditioners.self_wav.chroma_stem.cache_path", "conditioners.args.merge_text_conditions_p",
+                  "conditioners.args.drop_desc_p")
+
+
+def config_from_audiocraft(xp, output_proj_shape: tuple[int, ...] | None) -> tuple[LMConfig, dict]:
+    """Reads an audiocraft `xp.cfg` (a `convert.YamlConfig`) into an LMConfig and the conditioner section.
+
+    Raises one ValueError listing every setting this port does not implement.
+
+    Args:
+      xp: the checkpoint's training config.
+      output_proj_shape: shape of the T5 output projection weight [D, C] in the checkpoint, if present.
+
+    Returns:
+      (LMConfig, {"input_dim": C, "output_dim": D, "name": t5 name}).
+    """
+    for dotted in _OBSOLETE_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = xp.tree
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+
+    def tl(key, default=None):
+        return xp.get(f"transformer_lm.{key}", default)
+
+    problems = []
+
+    def want(what, value, ok):
+        if not ok:
+            problems.append(f"{what} = {value!r}")
+
+    lm_model = xp.get("lm_model", "transformer_lm")
+    want("lm_model (only 'transformer_lm')", lm_model, lm_model == "transformer_lm")
+    want("transformer_lm.norm (only 'layer_norm')", tl("norm", "layer_norm"), tl("norm", "layer_norm") == "layer_norm")
+    want("transformer_lm.norm_first (only true: pre-norm)", tl("norm_first", False), tl("norm_first", False) is True)
+    pos = tl("positional_embedding", "sin")
+    want("transformer_lm.positional_embedding (only 'sin')", pos, pos == "sin")
+    act = tl("activation", "gelu")
+    want("transformer_lm.activation (only 'gelu')", act, act == "gelu")
+    for key in ("qk_layer_norm", "qk_layer_norm_cross"):
+        want(f"transformer_lm.{key} (only false)", tl(key, False), not tl(key, False))
+    want("transformer_lm.layer_scale (only null)", tl("layer_scale"), tl("layer_scale") is None)
+    want("transformer_lm.kv_repeat (only 1)", tl("kv_repeat", 1), tl("kv_repeat", 1) == 1)
+    want("transformer_lm.past_context (only null)", tl("past_context"), tl("past_context") is None)
+    want("transformer_lm.causal (only true)", tl("causal", False), tl("causal", False) is True)
+    # The builder forces cross-attention on when the fuser routes a condition to it.
+    fuser = {m: list(xp.get(f"fuser.{m}", []) or []) for m in ("sum", "prepend", "cross", "input_interpolate")}
+    want("fuser (only cross: [description])", fuser,
+         fuser["cross"] == ["description"] and not (fuser["sum"] or fuser["prepend"] or fuser["input_interpolate"]))
+    want("fuser.cross_attention_pos_emb (only false)", xp.get("fuser.cross_attention_pos_emb", False),
+         not xp.get("fuser.cross_attention_pos_emb", False))
+    # The builder falls back to transformer_lm.q_modeling when no pattern is configured.
+    modeling = xp.get("codebooks_pattern.modeling", None) or tl("q_modeling")
+    want("codebooks_pattern.modeling (only 'delay')", modeling, modeling == "delay")
+    for key in ("flatten_first", "empty_initial"):
+        v = xp.get(f"codebooks_pattern.delay.{key}", 0)
+        want(f"codebooks_pattern.delay.{key} (only 0)", v, v == 0)
+    conditioners = {k: v for k, v in (xp.get("conditioners", {}) or {}).items() if k != "args"}
+    want("conditioners (only a t5 'description')", sorted(conditioners),
+         list(conditioners) == ["description"] and conditioners["description"].get("model") == "t5")
+    if problems:
+        raise ValueError("unsupported LM checkpoint settings:\n  " + "\n  ".join(problems))
+
+    n_q = int(tl("n_q"))
+    dim = int(tl("dim"))
+    t5_name = xp.get("conditioners.description.t5.name")
+    condition_dim = T5_DIMS.get(t5_name)
+    if output_proj_shape is not None:
+        if tuple(output_proj_shape)[:1] != (dim,) or len(output_proj_shape) != 2:
+            raise ValueError(f"{OUTPUT_PROJ}.weight has shape {tuple(output_proj_shape)}, expected [{dim}, C]")
+        if condition_dim is not None and output_proj_shape[1] != condition_dim:
+            raise ValueError(f"{OUTPUT_PROJ}.weight has input width {output_proj_shape[1]}, but {t5_name} "
+                             f"has width {condition_dim}")
+        condition_dim = int(output_proj_shape[1])
+    if condition_dim is None:
+        raise ValueError(f"unknown T5 model {t5_name!r} and no {OUTPUT_PROJ}.weight to read its width from")
+    delays = xp.get("codebooks_pattern.delay.delays", None)
+    delays = tuple(range(n_q)) if delays is None else tuple(int(d) for d in delays)
+    gen = lambda key, default: xp.get(f"generate.lm.{key}", default)  # noqa: E731
+    cfg = LMConfig(
+        dim=dim, num_heads=int(tl("num_heads")), num_layers=int(tl("num_layers")),
+        hidden_scale=float(tl("hidden_scale", 4)), n_q=n_q, card=int(tl("card")), delays=delays,
+        condition_dim=condition_dim, max_period=float(tl("max_period", 10000.0)),
+        positional_scale=float(tl("positional_scale", 1.0)),
+        bias_ff=bool(tl("bias_ff", True)), bias_attn=bool(tl("bias_attn", True)),
+        bias_proj=bool(tl("bias_proj", True)),
+        cfg_coef=float(xp.get("classifier_free_guidance.inference_coef", 3.0)),
+        max_duration=float(xp.get("dataset.segment_duration", 10.0)),
+        use_sampling=bool(gen("use_sampling", True)), top_k=int(gen("top_k", 250)),
+        top_p=float(gen("top_p", 0.0)), temperature=float(gen("temp", 1.0)),
+    )
+    conditioner = {"input_dim": condition_dim, "output_dim": dim, "name": t5_name}
+    return cfg, conditioner
+
+
+def conversion_rules(param_dtype) -> list:
+    """`convert.Rule`s from audiocraft LM state-dict keys to our parameter paths."""
+    from audiogen_jax.convert import Rule
+
+    transpose = kernel_layout(param_dtype) == "in_out"  # torch stores nn.Linear weights [out, in]
+
+    def kernel(srcs):
+        (w,) = srcs.values()
+        return w.T if transpose else w
+
+    def split3(srcs):
+        (w,) = srcs.values()
+        parts = np.split(w, 3, axis=0)  # rows [q; k; v]
+        return tuple(p.T if transpose and p.ndim == 2 else p for p in parts)
+
+    layer = r"transformer\.layers\.(\d+)"
+    attn = layer + r"\.(self_attn|cross_attention)\.(?:mha\.)?"
+    qkv = lambda leaf: tuple(rf"transformer.layers.\1.\2.{p}_proj.{leaf}" for p in "qkv")  # noqa: E731
+    same = lambda srcs: next(iter(srcs.values()))  # noqa: E731
+    return [
+        Rule(r"emb\.(\d+)\.weight", r"emb.\1.embedding"),
+        Rule(attn + r"in_proj_weight", qkv("kernel"), split3),
+        Rule(attn + r"in_proj_bias", qkv("bias"), split3),
+        Rule(attn + r"out_proj\.weight", r"transformer.layers.\1.\2.out_proj.kernel", kernel),
+        Rule(attn + r"out_proj\.bias", r"transformer.layers.\1.\2.out_proj.bias", same),
+        Rule(layer + r"\.(linear1|linear2)\.weight", r"transformer.layers.\1.\2.kernel", kernel),
+        Rule(layer + r"\.(linear1|linear2)\.bias", r"transformer.layers.\1.\2.bias", same),
+        Rule(layer + r"\.(norm1|norm2|norm_cross)\.weight", r"transformer.layers.\1.\2.scale", same),
+        Rule(layer + r"\.(norm1|norm2|norm_cross)\.bias", r"transformer.layers.\1.\2.bias", same),
+        Rule(r"out_norm\.weight", "out_norm.scale", same),
+        Rule(r"out_norm\.bias", "out_norm.bias", same),
+        Rule(r"linears\.(\d+)\.weight", r"linears.\1.kernel", kernel),
+        Rule(r"linears\.(\d+)\.bias", r"linears.\1.bias", same),
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# The KV cache.
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class KVCache:
+    """Decoding state: per layer, self-attention keys/values [B, M, N, H] (preallocated to M steps,
+    float32) and the condition's cross-attention keys/values [B, L, N, H] (computed once)."""
+
+    keys: tuple[jax.Array, ...]
+    values: tuple[jax.Array, ...]
+    cross_keys: tuple[jax.Array, ...]
+    cross_values: tuple[jax.Array, ...]
+
+    @property
+    def max_steps(self) -> int:
+        return self.keys[0].shape[1]
+
+    @property
+    def batch_size(self) -> int:
+        return self.keys[0].shape[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# Jitted cores.
+
+
+def _embed(lm: LMModel, seq_BKS: jax.Array, start: jax.Array) -> jax.Array:
+    x_BSD = lm.emb[0](seq_BKS[:, 0])
+    for k in range(1, len(lm.emb)):
+        x_BSD = x_BSD + lm.emb[k](seq_BKS[:, k])
+    cfg = lm.config
+    positions_S = start + jnp.arange(seq_BKS.shape[-1], dtype=jnp.int32)
+    return x_BSD + cfg.positional_scale * sin_embedding(positions_S, cfg.dim, cfg.max_period)
+
+
+def _heads(lm: LMModel, x_BSD: jax.Array) -> jax.Array:
+    out_BSD = lm.out_norm(x_BSD)
+    return jnp.stack([head(out_BSD) for head in lm.linears], axis=1)
+
+
+@jax.jit
+def _forward(lm: LMModel, seq_BKS: jax.Array, condition_BLD: jax.Array) -> jax.Array:
+    x = _embed(lm, seq_BKS, jnp.zeros((), jnp.int32))
+    condition_BLD = condition_BLD.astype(jnp.float32)
+    for layer in lm.transformer.layers:
+        ck, cv = layer.cross_kv(condition_BLD)
+        x, _ = layer(x, ck, cv, None, None)
+    return _heads(lm, x)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _init_cache(lm: LMModel, condition_BLD: jax.Array, max_steps: int) -> KVCache:
+    cfg = lm.config
+    B = condition_BLD.shape[0]
+    shape = (B, max_steps, cfg.num_heads, cfg.head_dim)
+    zeros = tuple(jnp.zeros(shape, jnp.float32) for _ in range(cfg.num_layers))
+    cross = [layer.cross_kv(condition_BLD.astype(jnp.float32)) for layer in lm.transformer.layers]
+    return KVCache(keys=zeros, values=zeros,
+                   cross_keys=tuple(k for k, _ in cross), cross_values=tuple(v for _, v in cross))
+
+
+@jax.jit
+def _step(lm: LMModel, seq_BKS: jax.Array, cache: KVCache, start: jax.Array):
+    x = _embed(lm, seq_BKS, start)
+    keys, values = [], []
+    for i, layer in enumerate(lm.transformer.layers):
+        x, (k, v) = layer(x, cache.cross_keys[i], cache.cross_values[i],
+                          (cache.keys[i], cache.values[i]), start)
+        keys.append(k)
+        values.append(v)
+    new_cache = dataclasses.replace(cache, keys=tuple(keys), values=tuple(values))
+    return _heads(lm, x), new_cache
+
+
+# --------------------------------------------------------------------------------------------------
+# Checked public entry points. Checks that need values run only on concrete arrays (outside jit);
+# shape checks always run (shapes are static even under tracing).
+
+
+def _concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _check_seq(lm: LMModel, seq_BKS) -> jax.Array:
+    cfg = lm.config
+    if getattr(seq_BKS, "ndim", None) != 3 or seq_BKS.shape[1] != cfg.n_q:
+        raise ValueError(f"seq must be [B, K={cfg.n_q}, S] codes, got shape {getattr(seq_BKS, 'shape', None)}")
+    if not jnp.issubdtype(seq_BKS.dtype, jnp.integer):
+        raise ValueError(f"seq must hold integer codes, got dtype {seq_BKS.dtype}")
+    if _concrete(seq_BKS):
+        arr = np.asarray(seq_BKS)
+        if arr.size and (arr.min() < 0 or arr.max() > cfg.card):
+            raise ValueError(
+                f"codes must lie in [0, {cfg.card}] ({cfg.card} is the special token), "
+                f"got values in [{arr.min()}, {arr.max()}]")
+    return jnp.asarray(seq_BKS, jnp.int32)
+
+
+def _check_condition(lm: LMModel, condition_BLD) -> None:
+    D = lm.config.dim
+    if getattr(condition_BLD, "ndim", None) != 3 or condition_BLD.shape[-1] != D:
+        raise ValueError(
+            f"condition must be [B, L, D={D}] (already projected by the conditioner's output_proj), "
+            f"got shape {getattr(condition_BLD, 'shape', None)}")
+
+
+def forward(lm: LMModel, seq_BKS, condition_BLD) -> jax.Array:
+    """Teacher-forced logits (reference `LMModel.forward` with precomputed condition tensors).
+
+    Args:
+      lm: the model.
+      seq_BKS: int codes in the delayed layout, values in [0, V] (V = special token).
+      condition_BLD: the projected text condition (zeros on padded and null rows).
+
+    Returns:
+      logits [B, K, S, V] float32; position s predicts step s + 1.
+    """
+    seq_BKS = _check_seq(lm, seq_BKS)
+    _check_condition(lm, condition_BLD)
+    if condition_BLD.shape[0] != seq_BKS.shape[0]:
+        raise ValueError(f"batch mismatch: seq {seq_BKS.shape[0]} vs condition {condition_BLD.shape[0]}")
+    return _forward(lm, seq_BKS, condition_BLD)
+
+
+def init_cache(lm: LMModel, condition_BLD, max_steps: int) -> KVCache:
+    """An empty cache for up to `max_steps` steps, holding the condition's cross-attention keys/values.
+
+    Args:
+      lm: the model.
+      condition_BLD: the projected text condition (the CFG batch [cond; null] when guiding).
+      max_steps: M, the most steps this generation will run (static).
+    """
+    _check_condition(lm, condition_BLD)
+    if not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
+        raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
+    return _init_cache(lm, condition_BLD, int(max_steps))
+
+
+def step(lm: LMModel, seq_BKS, cache: KVCache, start) -> tuple[jax.Array, KVCache]:
+    """Runs S new steps at positions start..start+S-1 against the cache (causal within the block).
+
+    S = 1 while decoding; S > 1 for a prompt prefill. Positions are absolute layout steps, as the
+    reference's streaming offsets.
+
+    Args:
+      lm: the model.
+      seq_BKS: int codes of the new steps.
+      cache: from `init_cache` or a previous `step`.
+      start: int32 scalar (may be traced), the position of the first new step.
+
+    Returns:
+      (logits [B, K, S, V] float32, the cache with the new steps' keys/values written).
+    """
+    seq_BKS = _check_seq(lm, seq_BKS)
+    B, _, S = seq_BKS.shape
+    if B != cache.batch_size:
+        raise ValueError(f"batch mismatch: seq {B} vs cache {cache.batch_size}")
+    if S > cache.max_steps:
+        raise ValueError(f"{S} steps do not fit a cache of {cache.max_steps} steps")
+    if _concrete(start):
+        s0 = int(start)
+        if s0 < 0 or s0 + S > cache.max_steps:
+            raise ValueError(
+                f"steps {s0}..{s0 + S - 1} do not fit a cache of {cache.max_steps} steps "
+                f"(init_cache(..., max_steps) must cover the whole sequence)")
+    return _step(lm, seq_BKS, cache, jnp.asarray(start, jnp.int32))
