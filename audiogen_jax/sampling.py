@@ -1,0 +1,189 @@
+"""Choosing the next token: classifier-free guidance, temperature, top-k, top-p, greedy.
+
+Pure functions on logits whose last axis is the codebook vocabulary V; every other axis (usually
+`[B, K]`) is a batch axis. They run under `jax.jit` with the sampling settings static: the
+settings live in `SamplingParams`, a frozen, hashable dataclass.
+
+The order of operations follows the reference's `LMModel._sample_next_token`
+(audiocraft/models/lm.py) and its helpers `sample_top_k` / `sample_top_p`
+(audiocraft/utils/utils.py):
+
+1. guidance: `logits = uncond + (cond - uncond) * cfg_coef` (this exact operation order);
+2. if sampling: `probs = softmax(logits / temperature)`, then top-p if `top_p > 0`, else top-k if
+   `top_k > 0`, else the full distribution; draw one id per row;
+3. otherwise greedy: `argmax(logits)`.
+
+Differences from the reference:
+- The draw uses `jax.random` (Gumbel-max on the log of the filtered probabilities) instead of
+  `torch.multinomial`, so the same distribution is sampled with a different random stream; ids
+  match the reference only in greedy mode. Filtered-out ids have log-probability -inf and can
+  never be drawn.
+- The filters return the kept distribution over vocabulary ids (`top_p_filter` maps its sorted
+  mask back to id order); the reference draws straight from the sorted list. Same distribution.
+- Ties: `top_k_filter` keeps every id tied with the k-th probability, like the reference. In
+  `top_p_filter` the sort is stable (among equal probabilities the lower id counts as larger),
+  which only matters when a tie straddles the top-p boundary; torch's sort order is unspecified.
+- The reference silently falls back to greedy when `use_sampling` is set with `temperature == 0`;
+  here that combination is a `ValueError` (ask for `use_sampling=False` instead).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SamplingParams:
+    """How to pick each token. Frozen and hashable: pass it to `jax.jit` as a static argument."""
+
+    use_sampling: bool = True  # False: greedy argmax of the guided logits
+    temperature: float = 1.0  # softmax temperature (> 0 when sampling)
+    top_k: int = 250  # keep the k most probable ids (0 = off); ignored when top_p > 0
+    top_p: float = 0.0  # keep the smallest set with probability mass >= p (0 = off)
+    cfg_coef: float = 3.0  # classifier-free guidance coefficient (1 = conditional logits only)
+
+    def __post_init__(self):
+        if not isinstance(self.use_sampling, bool):
+            raise ValueError(f"use_sampling must be a bool, got {self.use_sampling!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int):
+            raise ValueError(f"top_k must be an int, got {self.top_k!r}")
+        for name in ("temperature", "top_p", "cfg_coef"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be finite, got {value!r}")
+            # Plain floats keep the dataclass hashable and equal across int/float spellings.
+            object.__setattr__(self, name, float(value))
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        if not 0.0 <= self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in [0, 1] (0 disables it), got {self.top_p}")
+        if self.use_sampling and self.temperature <= 0.0:
+            raise ValueError(
+                f"temperature must be > 0 when sampling, got {self.temperature}; "
+                "use use_sampling=False for greedy decoding"
+            )
+
+    def validate(self, card: int) -> SamplingParams:
+        """Checks the settings against a vocabulary of `card` ids; returns self.
+
+        top_k is checked only where it is used (sampling with top_p == 0), as in the reference,
+        where `torch.topk` would fail on it.
+        """
+        if self.use_sampling and self.top_p == 0.0 and self.top_k > card:
+            raise ValueError(f"top_k={self.top_k} exceeds the codebook size {card}")
+        return self
+
+    @classmethod
+    def from_lm_config(cls, cfg, **overrides) -> SamplingParams:
+        """The generation defaults stored with a checkpoint (`LMConfig`), with optional overrides."""
+        defaults = dict(use_sampling=cfg.use_sampling, temperature=cfg.temperature,
+                        top_k=cfg.top_k, top_p=cfg.top_p, cfg_coef=cfg.cfg_coef)
+        return cls(**{**defaults, **overrides}).validate(cfg.card)
+
+
+def apply_cfg(cond: jax.Array, uncond: jax.Array, coef: float) -> jax.Array:
+    """Classifier-free guidance, in the reference's operation order.
+
+    Args:
+      cond: logits given the text, `[..., V]`.
+      uncond: logits given the null condition, same shape.
+      coef: guidance coefficient; 1 gives (up to rounding) `cond`.
+
+    Returns:
+      Guided logits `[..., V]`.
+    """
+    return uncond + (cond - uncond) * coef
+
+
+def top_k_filter(probs: jax.Array, k: int) -> jax.Array:
+    """Keeps the ids whose probability is at least the k-th largest, renormalised.
+
+    Args:
+      probs: probabilities `[..., V]`.
+      k: static int, 1 <= k <= V. Every id tied with the k-th value is kept, as in the reference.
+
+    Returns:
+      Probabilities `[..., V]`, zero outside the kept set.
+    """
+    kth = jax.lax.top_k(probs, k)[0][..., -1:]
+    kept = probs * (probs >= kth)
+    return kept / kept.sum(axis=-1, keepdims=True)
+
+
+def top_p_filter(probs: jax.Array, p: float) -> jax.Array:
+    """Nucleus filter: keeps the most probable ids until their mass reaches p, renormalised.
+
+    Sorted descending, an id is dropped when the mass strictly before it already exceeds p
+    (`cumsum - sorted > p`, the reference's rule), so the id that crosses p is kept.
+
+    Args:
+      probs: probabilities `[..., V]`.
+      p: static float in [0, 1].
+
+    Returns:
+      Probabilities `[..., V]` in id order, zero outside the kept set.
+    """
+    order = jnp.argsort(-probs, axis=-1, stable=True)
+    sorted_probs = jnp.take_along_axis(probs, order, axis=-1)
+    keep_sorted = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs <= p
+    # Back to id order: position j of the sorted list holds id order[j].
+    keep = jnp.take_along_axis(keep_sorted, jnp.argsort(order, axis=-1), axis=-1)
+    kept = probs * keep
+    return kept / kept.sum(axis=-1, keepdims=True)
+
+
+def filtered_probs(logits: jax.Array, params: SamplingParams) -> jax.Array:
+    """The distribution a sampling step draws from: softmax(logits / T), then top-p or top-k."""
+    params.validate(logits.shape[-1])
+    probs = jax.nn.softmax(logits.astype(jnp.float32) / params.temperature, axis=-1)
+    if params.top_p > 0.0:
+        return top_p_filter(probs, params.top_p)
+    if params.top_k > 0:
+        return top_k_filter(probs, params.top_k)
+    return probs
+
+
+def sample_next(
+    key: jax.Array,
+    logits: jax.Array,
+    params: SamplingParams | None = None,
+    *,
+    use_sampling: bool | None = None,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> jax.Array:
+    """Picks one id per row of (already guided) logits.
+
+    Settings come either as a `SamplingParams` or as keywords (the unset ones take the
+    `SamplingParams` defaults); both spellings are accepted because callers were promised both.
+    Under `jax.jit` they must be static.
+
+    Args:
+      key: PRNG key; the same key gives the same ids.
+      logits: `[..., V]`, e.g. `logits_BKV`.
+      params: the sampling settings (`cfg_coef` is not used here: guide with `apply_cfg` first).
+
+    Returns:
+      int32 ids `[...]`, e.g. `ids_BK`.
+    """
+    keywords = dict(use_sampling=use_sampling, temperature=temperature, top_k=top_k, top_p=top_p)
+    keywords = {name: value for name, value in keywords.items() if value is not None}
+    if params is None:
+        params = SamplingParams(**keywords)
+    elif keywords:
+        raise ValueError(f"pass either params or keyword settings, not both (got {sorted(keywords)})")
+    if logits.ndim < 1 or logits.shape[-1] < 1:
+        raise ValueError(f"logits need a non-empty last (vocabulary) axis, got shape {logits.shape}")
+    params.validate(logits.shape[-1])
+    if not params.use_sampling:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    probs = filtered_probs(logits, params)
+    # log(0) = -inf: an id outside the kept set loses every Gumbel-max comparison.
+    return jax.random.categorical(key, jnp.log(probs), axis=-1).astype(jnp.int32)
