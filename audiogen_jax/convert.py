@@ -532,9 +532,169 @@ def write_converted(
 # section of DIR/config.json (see checkpoint.py), never a half-written file.
 
 
+# EnCodec (audiocraft `CompressionModel` exports). Torch keys -> our parameter paths:
+#   {encoder,decoder}.model.i[.block.j|.shortcut].conv.conv.weight_{g,v} -> ....conv.kernel [k, C_in, C_out]
+#   decoder.model.i.convtr.convtr.weight_{g,v}                           -> ....convtr.kernel [k, C_in, C_out]
+#   {encoder,decoder}.model.i.lstm.weight_ih_l{n} / weight_hh_l{n}       -> ....layers.n.kernel_ih / weight_hh
+#   {encoder,decoder}.model.i.lstm.bias_{ih,hh}_l{n}                     -> ....layers.n.bias (summed)
+#   quantizer.vq.layers.q._codebook.embed                                -> quantizer.layers.q.embed
+
+_ENCODEC_IGNORE = [r"quantizer\.vq\.layers\.\d+\._codebook\.(?:inited|cluster_size|embed_avg)"]
+
+
+def _fold_weight_norm(srcs: dict[str, np.ndarray]) -> np.ndarray:
+    """torch weight (plain, or weight-norm g and v) -> the effective weight w = g * v / |v|.
+
+    The norm runs over every axis but 0 (torch `weight_norm(dim=0)`); for a ConvTranspose1d, whose weight
+    is [C_in, C_out, k], g is therefore per *input* channel.
+    """
+    by_suffix = {k.rsplit(".", 1)[1]: v for k, v in srcs.items()}
+    if set(by_suffix) == {"weight"}:
+        return by_suffix["weight"]
+    if set(by_suffix) != {"weight_g", "weight_v"}:
+        raise ConversionError(f"expected weight_g and weight_v (or weight), got {sorted(srcs)}")
+    g = by_suffix["weight_g"].astype(np.float64)
+    v = by_suffix["weight_v"].astype(np.float64)
+    norm = np.sqrt(np.sum(v * v, axis=tuple(range(1, v.ndim)), keepdims=True))
+    return (v * (g / norm)).astype(np.float32)
+
+
+def _conv_kernel(srcs):  # Conv1d [C_out, C_in, k] -> [k, C_in, C_out]
+    return _fold_weight_norm(srcs).transpose(2, 1, 0)
+
+
+def _convtr_kernel(srcs):  # ConvTranspose1d [C_in, C_out, k] -> [k, C_in, C_out]
+    return _fold_weight_norm(srcs).transpose(2, 0, 1)
+
+
+def _sum_sources(srcs):
+    return sum(v.astype(np.float32) for v in srcs.values())
+
+
+_SEANET = r"(?P<m>(?:encoder|decoder)\.model\.\d+(?:\.block\.\d+|\.shortcut)?)"
+_LSTM = r"(?P<m>(?:encoder|decoder)\.model\.\d+)\.lstm"
+ENCODEC_RULES = [
+    Rule(_SEANET + r"\.conv\.conv\.weight(?:_g|_v)?", r"\g<m>.conv.kernel", _conv_kernel),
+    Rule(_SEANET + r"\.conv\.conv\.bias", r"\g<m>.conv.bias"),
+    Rule(r"(?P<m>decoder\.model\.\d+)\.convtr\.convtr\.weight(?:_g|_v)?", r"\g<m>.convtr.kernel",
+         _convtr_kernel),
+    Rule(r"(?P<m>decoder\.model\.\d+)\.convtr\.convtr\.bias", r"\g<m>.convtr.bias"),
+    Rule(_LSTM + r"\.weight_ih_l(?P<n>\d+)", r"\g<m>.layers.\g<n>.kernel_ih", lambda s: next(iter(s.values())).T),
+    Rule(_LSTM + r"\.weight_hh_l(?P<n>\d+)", r"\g<m>.layers.\g<n>.weight_hh"),
+    Rule(_LSTM + r"\.bias_(?:ih|hh)_l(?P<n>\d+)", r"\g<m>.layers.\g<n>.bias", _sum_sources),
+    Rule(r"quantizer\.vq\.layers\.(?P<q>\d+)\._codebook\.embed", r"quantizer.layers.\g<q>.embed"),
+]
+
+# SEANet constructor defaults (audiocraft `SEANetEncoder.__init__`), used where xp.cfg omits a key.
+_SEANET_DEFAULTS = dict(n_residual_layers=3, ratios=[8, 5, 4, 2], activation="ELU",
+                        activation_params={"alpha": 1.0}, norm="none", kernel_size=7, last_kernel_size=7,
+                        residual_kernel_size=3, dilation_base=2, causal=False, pad_mode="reflect",
+                        true_skip=True, compress=2, lstm=0)
+
+
+from audiogen_jax.config import EncodecConfig  # noqa: E402 - config.py is light and imports nothing of ours
+
+
+def encodec_config_from_xp(cfg: YamlConfig, src: str = "checkpoint") -> EncodecConfig:
+    """Reads an `EncodecConfig` from an audiocraft compression xp.cfg (`encodec.*`, `seanet.*`, `rvq.*`).
+
+    Raises ConversionError for anything the JAX codec does not implement (renormalize, other
+    autoencoders/quantizers/activations/norms, encoder and decoder overrides that change the shared
+    architecture), listing every problem at once.
+    """
+    if cfg.get("compression_model", "encodec") != "encodec":
+        raise ConversionError(f"{src}: compression_model is {cfg.get('compression_model')!r}, not 'encodec'")
+    for section in ("encodec", "seanet", "rvq"):
+        if not cfg.has(section):
+            raise ConversionError(f"{src}: xp.cfg has no '{section}' section; not an EnCodec checkpoint")
+    enc = cfg.get("encodec")
+    seanet = {**_SEANET_DEFAULTS, **cfg.get("seanet")}
+    overrides = {"encoder": seanet.pop("encoder", None) or {}, "decoder": seanet.pop("decoder", None) or {}}
+    rvq = cfg.get("rvq")
+    problems = []
+    if enc.get("autoencoder", "seanet") != "seanet":
+        problems.append(f"encodec.autoencoder={enc.get('autoencoder')!r} (only 'seanet')")
+    if enc.get("quantizer", "rvq") != "rvq":
+        problems.append(f"encodec.quantizer={enc.get('quantizer')!r} (only 'rvq')")
+    if enc.get("renormalize", False) or enc.get("renorm", False):
+        problems.append("encodec.renormalize=true (per-item volume renormalisation is not implemented)")
+    for name, values in overrides.items():
+        allowed = {"trim_right_ratio", "final_activation", "final_activation_params"} if name == "decoder" else set()
+        changed = sorted(k for k, v in values.items() if k not in allowed and seanet.get(k) != v)
+        if changed:
+            problems.append(f"seanet.{name} overrides {changed} (encoder and decoder must share them)")
+    if seanet["activation"] != "ELU":
+        problems.append(f"seanet.activation={seanet['activation']!r} (only 'ELU')")
+    if seanet["norm"] not in ("weight_norm", "none"):
+        problems.append(f"seanet.norm={seanet['norm']!r} (only 'weight_norm' or 'none')")
+    final = overrides["decoder"].get("final_activation")
+    if final not in (None, "Tanh"):
+        problems.append(f"seanet.decoder.final_activation={final!r} (only null or 'Tanh')")
+    channels = enc.get("channels", seanet.get("channels", 1))
+    if seanet.get("channels", channels) != channels:
+        problems.append(f"seanet.channels={seanet.get('channels')} but encodec.channels={channels}")
+    if "dimension" in rvq and rvq["dimension"] != seanet.get("dimension"):
+        problems.append(f"rvq.dimension={rvq['dimension']} but seanet.dimension={seanet.get('dimension')}")
+    for key, where in (("sample_rate", enc), ("dimension", seanet), ("n_filters", seanet), ("n_q", rvq),
+                       ("bins", rvq)):
+        if key not in where:
+            problems.append(f"missing key {key!r}")
+    if problems:
+        raise ConversionError(f"{src}: unsupported EnCodec config:\n  " + "\n  ".join(problems))
+    try:
+        return EncodecConfig(
+            sample_rate=int(enc["sample_rate"]), channels=int(channels), dimension=int(seanet["dimension"]),
+            n_filters=int(seanet["n_filters"]), n_residual_layers=int(seanet["n_residual_layers"]),
+            ratios=tuple(int(r) for r in seanet["ratios"]), kernel_size=int(seanet["kernel_size"]),
+            last_kernel_size=int(seanet["last_kernel_size"]),
+            residual_kernel_size=int(seanet["residual_kernel_size"]),
+            dilation_base=int(seanet["dilation_base"]), causal=bool(seanet["causal"]),
+            pad_mode=str(seanet["pad_mode"]), true_skip=bool(seanet["true_skip"]),
+            compress=int(seanet["compress"]), lstm=int(seanet["lstm"]),
+            elu_alpha=float((seanet["activation_params"] or {}).get("alpha", 1.0)),
+            trim_right_ratio=float(overrides["decoder"].get("trim_right_ratio", 1.0)),
+            final_activation=final, n_q=int(rvq["n_q"]), bins=int(rvq["bins"]),
+        )
+    except (TypeError, ValueError) as e:
+        raise ConversionError(f"{src}: bad EnCodec config: {e}") from e
+
+
 def convert_compression(src: str | os.PathLike, out_dir: str | os.PathLike) -> None:
-    """audiocraft `compression_state_dict.bin` -> DIR/compression.safetensors + config['compression']."""
-    raise NotImplementedError("EnCodec conversion lands with the codec (encodec.py)")
+    """audiocraft `compression_state_dict.bin` -> DIR/compression.safetensors + config['compression'].
+
+    Folds weight norm into plain kernels, transposes to channels-last layouts, sums the LSTM biases and
+    drops the RVQ training buffers. Refuses a codebook that was never initialised (`inited == 0`: with
+    k-means init its codewords are all zeros, so every frame would get code 0).
+    """
+    from flax import nnx
+
+    from audiogen_jax import checkpoint
+    from audiogen_jax.encodec import EncodecModel
+
+    pkg = load_audiocraft_package(src, "compression (EnCodec)")
+    keys = list(pkg.state.keys())
+    if not any(k.startswith("encoder.model.") for k in keys) or not any(k.startswith("quantizer.") for k in keys):
+        raise ConversionError(
+            f"{src} is not an EnCodec compression checkpoint: its weights have no encoder.model.* / "
+            f"quantizer.* keys (first keys: {_short(keys, 3)}); an LM state_dict.bin goes to --lm"
+        )
+    cfg = encodec_config_from_xp(pkg.cfg, os.fspath(src))
+    uninit = sorted(k for k in keys if k.endswith("._codebook.inited") and not np.all(as_numpy(pkg.state[k])))
+    if uninit:
+        raise ConversionError(
+            f"{src}: codebooks never initialised (inited == 0, all-zero k-means codewords): {_short(uninit)}"
+        )
+    specs = checkpoint.param_specs(lambda: EncodecModel(cfg, rngs=nnx.Rngs(0)))
+    expected = {k: shape for k, (shape, _) in specs.items()}
+    plan_conversion(keys, ENCODEC_RULES, expected, _ENCODEC_IGNORE)  # every key problem, before writing
+    os.makedirs(out_dir, exist_ok=True)
+    write_converted(
+        os.path.join(out_dir, checkpoint.WEIGHT_FILES["compression"]),
+        convert_state(pkg.state, ENCODEC_RULES, expected, _ENCODEC_IGNORE, dtype=np.dtype("float32")),
+        specs,
+        metadata={"source": os.path.basename(os.fspath(src))},
+    )
+    checkpoint.update_config(out_dir, "compression", cfg.to_dict())
 
 
 def convert_lm(src: str | os.PathLike, out_dir: str | os.PathLike, dtype: str = "float32") -> None:
@@ -586,6 +746,131 @@ def convert_lm(src: str | os.PathLike, out_dir: str | os.PathLike, dtype: str = 
     checkpoint.update_config(out_dir, "conditioner", conditioner)
 
 
+_HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+               "pytorch_model.bin.index.json")
+_ST_NUMPY = {v: k for k, v in _ST_DTYPES.items()}
+
+
+class _SafetensorsFile(Mapping):
+    """A safetensors file read lazily with plain numpy (any dtype, bfloat16 included; no torch)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        header.pop("__metadata__", None)
+        self._header, self._start = header, 8 + n
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        info = self._header[key]
+        name = _ST_NUMPY[info["dtype"]]
+        dtype = _bfloat16() if name == "bfloat16" else np.dtype(name)
+        begin, end = info["data_offsets"]
+        with open(self.path, "rb") as f:
+            f.seek(self._start + begin)
+            buf = f.read(end - begin)
+        return np.frombuffer(buf, dtype=dtype.newbyteorder("<")).reshape(info["shape"])
+
+    def __iter__(self):
+        return iter(self._header)
+
+    def __len__(self) -> int:
+        return len(self._header)
+
+
+def _hf_file(src: str, name: str, local: bool, required: bool = True) -> str | None:
+    """DIR/name for a local checkpoint; otherwise downloads that one file of hub repo `src`."""
+    if local:
+        path = os.path.join(src, name)
+        return path if os.path.isfile(path) else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    try:
+        return hf_hub_download(src, name)
+    except RemoteEntryNotFoundError:
+        return None
+    except Exception as e:  # noqa: BLE001 - offline, unknown repo, HTTP errors: one clear message
+        if not required:
+            return None
+        raise ConversionError(
+            f"{src!r} is not a local directory, and downloading {name} from the Hugging Face hub failed "
+            f"({type(e).__name__}: {e}). Offline, convert from a directory holding config.json, "
+            "model.safetensors (or pytorch_model.bin) and spiece.model."
+        ) from e
+
+
+def _hf_t5_state(src: str, local: bool) -> Mapping[str, Any]:
+    """The encoder's tensors of a HF checkpoint: one file, or only the shards that hold encoder keys."""
+    import collections
+
+    for name in _HF_WEIGHTS:
+        path = _hf_file(src, name, local)
+        if path is None:
+            continue
+        if name.endswith(".index.json"):
+            with open(path) as f:
+                weight_map = json.load(f)["weight_map"]
+            shards = sorted({v for k, v in weight_map.items() if not k.startswith(("decoder.", "lm_head."))})
+            paths = [_hf_file(src, shard, local) for shard in shards]
+            if None in paths:
+                raise ConversionError(f"{src}: shard {shards[paths.index(None)]} listed in {name} is missing")
+        else:
+            paths = [path]
+        maps = [_SafetensorsFile(p) if p.endswith(".safetensors") else load_torch_checkpoint(p) for p in paths]
+        return collections.ChainMap(*maps)
+    raise ConversionError(f"{src}: no T5 weights found (looked for {', '.join(_HF_WEIGHTS)})")
+
+
 def convert_t5(src: str | os.PathLike, out_dir: str | os.PathLike) -> None:
-    """A Hugging Face T5 checkpoint (dir or hub id) -> DIR/t5.safetensors + DIR/tokenizer/ + config['t5']."""
-    raise NotImplementedError("T5 conversion lands with the text encoder (t5.py)")
+    """A Hugging Face T5 checkpoint (dir or hub id) -> DIR/t5.safetensors + DIR/tokenizer/ + config['t5'].
+
+    `src` is a directory holding config.json, model.safetensors (or pytorch_model.bin, or their sharded
+    index) and spiece.model; or a hub id such as "t5-large", from which only those files are downloaded. The
+    decoder and LM head of a full encoder-decoder checkpoint are skipped; weights are stored as float32.
+    """
+    import shutil
+
+    from flax import nnx
+
+    from audiogen_jax import checkpoint, t5
+    from audiogen_jax.config import T5Config
+
+    src, out_dir = os.fspath(src), os.fspath(out_dir)
+    local = os.path.isdir(src)
+    if not local and os.path.exists(src):
+        raise ConversionError(f"--t5 {src}: expected a directory (or a hub id), got a file")
+    config_path = _hf_file(src, "config.json", local)
+    if config_path is None:
+        raise ConversionError(f"{src}: no config.json")
+    with open(config_path) as f:
+        cfg = T5Config.from_hf(json.load(f))
+    spiece = _hf_file(src, t5.SPIECE, local)
+    if spiece is None:
+        raise ConversionError(f"{src}: no {t5.SPIECE} (the T5 tokenizer is needed next to the weights)")
+    state = _hf_t5_state(src, local)
+
+    specs = checkpoint.param_specs(lambda: t5.T5EncoderModel(cfg, rngs=nnx.Rngs(0)))
+    specs = {k: (shape, np.dtype("float32")) for k, (shape, _) in specs.items()}
+    rules, ignore = t5.hf_conversion_rules(state.keys())
+    os.makedirs(out_dir, exist_ok=True)
+    converted = convert_state(state, rules, {k: s for k, (s, _) in specs.items()}, ignore, np.dtype("float32"))
+    write_converted(os.path.join(out_dir, checkpoint.WEIGHT_FILES["t5"]), converted, specs,
+                    metadata={"source": src})
+
+    tok_dir = os.path.join(out_dir, checkpoint.TOKENIZER_DIR)
+    tmp = tok_dir + ".partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    for name in t5.TOKENIZER_FILES:
+        path = spiece if name == t5.SPIECE else _hf_file(src, name, local, required=False)
+        if path is not None:
+            shutil.copyfile(path, os.path.join(tmp, name))
+    n_ids = len(t5.load_tokenizer(tmp))
+    if n_ids > cfg.vocab_size:
+        shutil.rmtree(tmp)
+        raise ConversionError(f"{src}: the tokenizer has {n_ids} ids but the model only {cfg.vocab_size}")
+    shutil.rmtree(tok_dir, ignore_errors=True)
+    os.replace(tmp, tok_dir)
+    checkpoint.update_config(out_dir, "t5", cfg.to_dict())
