@@ -559,10 +559,9 @@ def convert_lm(src: str | os.PathLike, out_dir: str | os.PathLike, dtype: str = 
         cfg, conditioner = lm_lib.config_from_audiocraft(pkg.cfg, shape_of(pkg.state[proj_w]))
     except ValueError as e:
         raise ConversionError(f"{src}: {e}") from e
-    jdtype = {"float32": "float32", "bfloat16": "bfloat16"}[dtype]
-    specs = checkpoint.param_specs(lambda: lm_lib.LMModel(cfg, rngs=nnx.Rngs(0), param_dtype=jdtype))
+    specs = checkpoint.param_specs(lambda: lm_lib.LMModel(cfg, rngs=nnx.Rngs(0), param_dtype=np_dtype))
     expected = {k: shape for k, (shape, _) in specs.items()}
-    rules = lm_lib.conversion_rules(jdtype)
+    rules = lm_lib.conversion_rules(np_dtype)
     ignore = [re.escape(proj_w), re.escape(proj_b)]
     os.makedirs(out_dir, exist_ok=True)
     plan_conversion(pkg.state.keys(), rules, expected, ignore)  # every key problem, before writing anything

@@ -90,13 +90,24 @@ def sin_embedding(positions_S: jax.Array, dim: int, max_period: float) -> jax.Ar
 class Linear(nnx.Module):
     """y = x W (+ b), with W stored in the layout that streams fastest for its dtype (see module doc)."""
 
-    def __init__(self, in_features: int, out_features: int, *, use_bias: bool, param_dtype,
-                 rngs: nnx.Rngs, layout: str | None = None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        use_bias: bool,
+        param_dtype,
+        rngs: nnx.Rngs,
+        layout: str | None = None,
+    ):
         self.layout = layout or kernel_layout(param_dtype)
-        shape = (in_features, out_features) if self.layout == "in_out" else (out_features, in_features)
+        shape = (
+            (in_features, out_features) if self.layout == "in_out" else (out_features, in_features)
+        )
         std = 1.0 / math.sqrt(in_features)
         self.kernel = nnx.Param(
-            (jax.random.normal(rngs.params(), shape, jnp.float32) * std).astype(param_dtype))
+            (jax.random.normal(rngs.params(), shape, jnp.float32) * std).astype(param_dtype)
+        )
         self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype)) if use_bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -105,7 +116,9 @@ class Linear(nnx.Module):
         # 16-bit weights: feed the dot 16-bit inputs and accumulate in float32. A 16x16->16 dot, or
         # an upcast of the weights inside jit, is several times slower on XLA:CPU.
         y = jax.lax.dot_general(
-            x.astype(w.dtype), w, (((x.ndim - 1,), (contract_w,)), ((), ())),
+            x.astype(w.dtype),
+            w,
+            (((x.ndim - 1,), (contract_w,)), ((), ())),
             preferred_element_type=jnp.float32,
         )
         if self.bias is not None:
@@ -118,7 +131,10 @@ class Embed(nnx.Module):
 
     def __init__(self, num: int, dim: int, *, param_dtype, rngs: nnx.Rngs):
         self.embedding = nnx.Param(
-            (jax.random.normal(rngs.params(), (num, dim), jnp.float32) / math.sqrt(dim)).astype(param_dtype))
+            (jax.random.normal(rngs.params(), (num, dim), jnp.float32) / math.sqrt(dim)).astype(
+                param_dtype
+            )
+        )
 
     def __call__(self, ids: jax.Array) -> jax.Array:
         return jnp.take(self.embedding[...], ids, axis=0).astype(jnp.float32)
@@ -143,8 +159,9 @@ class LayerNorm(nnx.Module):
 # Attention.
 
 
-def _attend(q_BSNH: jax.Array, k_BMNH: jax.Array, v_BMNH: jax.Array,
-            mask_SM: jax.Array | None) -> jax.Array:
+def _attend(
+    q_BSNH: jax.Array, k_BMNH: jax.Array, v_BMNH: jax.Array, mask_SM: jax.Array | None
+) -> jax.Array:
     """Scaled dot-product attention (scale 1/sqrt(H)); `mask_SM` True where a query may look."""
     scale = 1.0 / math.sqrt(q_BSNH.shape[-1])
     scores_BNSM = jnp.einsum("BSNH,BMNH->BNSM", q_BSNH * scale, k_BMNH)
@@ -157,11 +174,20 @@ def _attend(q_BSNH: jax.Array, k_BMNH: jax.Array, v_BMNH: jax.Array,
 class Attention(nnx.Module):
     """Multi-head attention with separate q/k/v projections (the reference packs them in one matrix)."""
 
-    def __init__(self, dim: int, num_heads: int, *, use_bias: bool, param_dtype, rngs: nnx.Rngs,
-                 layout: str | None = None):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        use_bias: bool,
+        param_dtype,
+        rngs: nnx.Rngs,
+        layout: str | None = None,
+    ):
         self.num_heads = num_heads
-        lin = functools.partial(Linear, dim, dim, use_bias=use_bias, param_dtype=param_dtype,
-                                rngs=rngs, layout=layout)
+        lin = functools.partial(
+            Linear, dim, dim, use_bias=use_bias, param_dtype=param_dtype, rngs=rngs, layout=layout
+        )
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = lin(), lin(), lin(), lin()
 
     def heads(self, proj: Linear, x_BSD: jax.Array) -> jax.Array:
@@ -176,7 +202,7 @@ class TransformerLayer(nnx.Module):
     """Pre-norm layer: x += SA(norm1 x); x += CA(norm_cross x, condition); x += FF(norm2 x)."""
 
     def __init__(self, cfg: LMConfig, *, param_dtype, rngs: nnx.Rngs, layout: str | None = None):
-        kw = dict(param_dtype=param_dtype, rngs=rngs, layout=layout)
+        kw = {"param_dtype": param_dtype, "rngs": rngs, "layout": layout}
         self.self_attn = Attention(cfg.dim, cfg.num_heads, use_bias=cfg.bias_attn, **kw)
         self.cross_attention = Attention(cfg.dim, cfg.num_heads, use_bias=cfg.bias_attn, **kw)
         self.linear1 = Linear(cfg.dim, cfg.ffn_dim, use_bias=cfg.bias_ff, **kw)
@@ -210,8 +236,12 @@ class TransformerLayer(nnx.Module):
             mask_SM = jnp.tril(jnp.ones((S, S), bool))
         else:
             zero = jnp.zeros((), jnp.int32)
-            keys = jax.lax.dynamic_update_slice(past[0], k.astype(past[0].dtype), (zero, start, zero, zero))
-            values = jax.lax.dynamic_update_slice(past[1], v.astype(past[1].dtype), (zero, start, zero, zero))
+            keys = jax.lax.dynamic_update_slice(
+                past[0], k.astype(past[0].dtype), (zero, start, zero, zero)
+            )
+            values = jax.lax.dynamic_update_slice(
+                past[1], v.astype(past[1].dtype), (zero, start, zero, zero)
+            )
             query_pos = start + jnp.arange(S, dtype=jnp.int32)
             mask_SM = jnp.arange(keys.shape[1], dtype=jnp.int32)[None, :] <= query_pos[:, None]
         x_BSD = x_BSD + sa.output(_attend(q, keys, values, mask_SM))
@@ -226,8 +256,12 @@ class TransformerLayer(nnx.Module):
 
 class Transformer(nnx.Module):
     def __init__(self, cfg: LMConfig, *, param_dtype, rngs: nnx.Rngs, layout: str | None = None):
-        self.layers = nnx.List([TransformerLayer(cfg, param_dtype=param_dtype, rngs=rngs, layout=layout)
-                                for _ in range(cfg.num_layers)])
+        self.layers = nnx.List(
+            [
+                TransformerLayer(cfg, param_dtype=param_dtype, rngs=rngs, layout=layout)
+                for _ in range(cfg.num_layers)
+            ]
+        )
 
 
 class LMModel(nnx.Module):
@@ -240,20 +274,34 @@ class LMModel(nnx.Module):
       layout: override the kernel layout ('in_out' or 'out_in'); default from `param_dtype`.
     """
 
-    def __init__(self, cfg: LMConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32,
-                 layout: str | None = None):
+    def __init__(
+        self, cfg: LMConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32, layout: str | None = None
+    ):
         self.config = cfg
-        self.emb = nnx.List([Embed(cfg.card + 1, cfg.dim, param_dtype=param_dtype, rngs=rngs)
-                             for _ in range(cfg.n_q)])
+        self.emb = nnx.List(
+            [
+                Embed(cfg.card + 1, cfg.dim, param_dtype=param_dtype, rngs=rngs)
+                for _ in range(cfg.n_q)
+            ]
+        )
         self.transformer = Transformer(cfg, param_dtype=param_dtype, rngs=rngs, layout=layout)
         self.out_norm = LayerNorm(cfg.dim, eps=cfg.norm_eps, param_dtype=param_dtype)
-        self.linears = nnx.List([
-            Linear(cfg.dim, cfg.card, use_bias=cfg.bias_proj, param_dtype=param_dtype, rngs=rngs,
-                   layout=layout)
-            for _ in range(cfg.n_q)])
+        self.linears = nnx.List(
+            [
+                Linear(
+                    cfg.dim,
+                    cfg.card,
+                    use_bias=cfg.bias_proj,
+                    param_dtype=param_dtype,
+                    rngs=rngs,
+                    layout=layout,
+                )
+                for _ in range(cfg.n_q)
+            ]
+        )
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, dtype=None) -> "LMModel":
+    def from_pretrained(cls, directory: str | os.PathLike, dtype=None) -> LMModel:
         """Loads DIR/config.json['lm'] + DIR/lm.safetensors.
 
         Args:
@@ -264,12 +312,14 @@ class LMModel(nnx.Module):
         cfg = LMConfig.from_dict(checkpoint.read_config(directory, "lm"))
         path = os.path.join(directory, checkpoint.WEIGHT_FILES["lm"])
         file_dtype = _file_float_dtype(path)
-        lm = checkpoint.load_module(lambda: cls(cfg, rngs=nnx.Rngs(0), param_dtype=file_dtype), path)
+        lm = checkpoint.load_module(
+            lambda: cls(cfg, rngs=nnx.Rngs(0), param_dtype=file_dtype), path
+        )
         if dtype is not None and jnp.dtype(dtype) != file_dtype:
             lm = lm.astype(dtype)
         return lm
 
-    def astype(self, dtype) -> "LMModel":
+    def astype(self, dtype) -> LMModel:
         """A copy with every weight in `dtype`, kernels re-laid out for it."""
         dtype = jnp.dtype(dtype)
         new = nnx.eval_shape(lambda: LMModel(self.config, rngs=nnx.Rngs(0), param_dtype=dtype))
@@ -304,7 +354,9 @@ def _file_float_dtype(path: str) -> np.dtype:
     found = {v["dtype"] for k, v in header.items() if k != "__metadata__"}
     floats = sorted(found & set(names))
     if len(floats) != 1:
-        raise checkpoint.CheckpointError(f"{path}: expected one floating dtype, found {sorted(found)}")
+        raise checkpoint.CheckpointError(
+            f"{path}: expected one floating dtype, found {sorted(found)}"
+        )
     return jnp.dtype(names[floats[0]])
 
 
@@ -313,14 +365,24 @@ def _file_float_dtype(path: str) -> np.dtype:
 
 # audiocraft `T5Conditioner.MODELS_DIMS`: the text encoder's width, by name.
 T5_DIMS = {
-    "t5-small": 512, "t5-base": 768, "t5-large": 1024, "t5-3b": 1024, "t5-11b": 1024,
-    "google/flan-t5-small": 512, "google/flan-t5-base": 768, "google/flan-t5-large": 1024,
-    "google/flan-t5-3b": 1024, "google/flan-t5-11b": 1024,
+    "t5-small": 512,
+    "t5-base": 768,
+    "t5-large": 1024,
+    "t5-3b": 1024,
+    "t5-11b": 1024,
+    "google/flan-t5-small": 512,
+    "google/flan-t5-base": 768,
+    "google/flan-t5-large": 1024,
+    "google/flan-t5-3b": 1024,
+    "google/flan-t5-11b": 1024,
 }
 OUTPUT_PROJ = "condition_provider.conditioners.description.output_proj"
 # Keys audiocraft's `load_lm_model` deletes from old configs before building the model.
-_OBSOLETE_KEYS = ("conditioners.self_wav.chroma_stem.cache_path", "conditioners.args.merge_text_conditions_p",
-                  "conditioners.args.drop_desc_p")
+_OBSOLETE_KEYS = (
+    "conditioners.self_wav.chroma_stem.cache_path",
+    "conditioners.args.merge_text_conditions_p",
+    "conditioners.args.drop_desc_p",
+)
 
 
 def config_from_audiocraft(xp, output_proj_shape: tuple[int, ...] | None) -> tuple[LMConfig, dict]:
@@ -354,8 +416,16 @@ def config_from_audiocraft(xp, output_proj_shape: tuple[int, ...] | None) -> tup
 
     lm_model = xp.get("lm_model", "transformer_lm")
     want("lm_model (only 'transformer_lm')", lm_model, lm_model == "transformer_lm")
-    want("transformer_lm.norm (only 'layer_norm')", tl("norm", "layer_norm"), tl("norm", "layer_norm") == "layer_norm")
-    want("transformer_lm.norm_first (only true: pre-norm)", tl("norm_first", False), tl("norm_first", False) is True)
+    want(
+        "transformer_lm.norm (only 'layer_norm')",
+        tl("norm", "layer_norm"),
+        tl("norm", "layer_norm") == "layer_norm",
+    )
+    want(
+        "transformer_lm.norm_first (only true: pre-norm)",
+        tl("norm_first", False),
+        tl("norm_first", False) is True,
+    )
     pos = tl("positional_embedding", "sin")
     want("transformer_lm.positional_embedding (only 'sin')", pos, pos == "sin")
     act = tl("activation", "gelu")
@@ -367,11 +437,21 @@ def config_from_audiocraft(xp, output_proj_shape: tuple[int, ...] | None) -> tup
     want("transformer_lm.past_context (only null)", tl("past_context"), tl("past_context") is None)
     want("transformer_lm.causal (only true)", tl("causal", False), tl("causal", False) is True)
     # The builder forces cross-attention on when the fuser routes a condition to it.
-    fuser = {m: list(xp.get(f"fuser.{m}", []) or []) for m in ("sum", "prepend", "cross", "input_interpolate")}
-    want("fuser (only cross: [description])", fuser,
-         fuser["cross"] == ["description"] and not (fuser["sum"] or fuser["prepend"] or fuser["input_interpolate"]))
-    want("fuser.cross_attention_pos_emb (only false)", xp.get("fuser.cross_attention_pos_emb", False),
-         not xp.get("fuser.cross_attention_pos_emb", False))
+    fuser = {
+        m: list(xp.get(f"fuser.{m}", []) or [])
+        for m in ("sum", "prepend", "cross", "input_interpolate")
+    }
+    want(
+        "fuser (only cross: [description])",
+        fuser,
+        fuser["cross"] == ["description"]
+        and not (fuser["sum"] or fuser["prepend"] or fuser["input_interpolate"]),
+    )
+    want(
+        "fuser.cross_attention_pos_emb (only false)",
+        xp.get("fuser.cross_attention_pos_emb", False),
+        not xp.get("fuser.cross_attention_pos_emb", False),
+    )
     # The builder falls back to transformer_lm.q_modeling when no pattern is configured.
     modeling = xp.get("codebooks_pattern.modeling", None) or tl("q_modeling")
     want("codebooks_pattern.modeling (only 'delay')", modeling, modeling == "delay")
@@ -379,8 +459,11 @@ def config_from_audiocraft(xp, output_proj_shape: tuple[int, ...] | None) -> tup
         v = xp.get(f"codebooks_pattern.delay.{key}", 0)
         want(f"codebooks_pattern.delay.{key} (only 0)", v, v == 0)
     conditioners = {k: v for k, v in (xp.get("conditioners", {}) or {}).items() if k != "args"}
-    want("conditioners (only a t5 'description')", sorted(conditioners),
-         list(conditioners) == ["description"] and conditioners["description"].get("model") == "t5")
+    want(
+        "conditioners (only a t5 'description')",
+        sorted(conditioners),
+        list(conditioners) == ["description"] and conditioners["description"].get("model") == "t5",
+    )
     if problems:
         raise ValueError("unsupported LM checkpoint settings:\n  " + "\n  ".join(problems))
 
@@ -390,27 +473,42 @@ def config_from_audiocraft(xp, output_proj_shape: tuple[int, ...] | None) -> tup
     condition_dim = T5_DIMS.get(t5_name)
     if output_proj_shape is not None:
         if tuple(output_proj_shape)[:1] != (dim,) or len(output_proj_shape) != 2:
-            raise ValueError(f"{OUTPUT_PROJ}.weight has shape {tuple(output_proj_shape)}, expected [{dim}, C]")
+            raise ValueError(
+                f"{OUTPUT_PROJ}.weight has shape {tuple(output_proj_shape)}, expected [{dim}, C]"
+            )
         if condition_dim is not None and output_proj_shape[1] != condition_dim:
-            raise ValueError(f"{OUTPUT_PROJ}.weight has input width {output_proj_shape[1]}, but {t5_name} "
-                             f"has width {condition_dim}")
+            raise ValueError(
+                f"{OUTPUT_PROJ}.weight has input width {output_proj_shape[1]}, but {t5_name} "
+                f"has width {condition_dim}"
+            )
         condition_dim = int(output_proj_shape[1])
     if condition_dim is None:
-        raise ValueError(f"unknown T5 model {t5_name!r} and no {OUTPUT_PROJ}.weight to read its width from")
+        raise ValueError(
+            f"unknown T5 model {t5_name!r} and no {OUTPUT_PROJ}.weight to read its width from"
+        )
     delays = xp.get("codebooks_pattern.delay.delays", None)
     delays = tuple(range(n_q)) if delays is None else tuple(int(d) for d in delays)
-    gen = lambda key, default: xp.get(f"generate.lm.{key}", default)  # noqa: E731
+    gen = lambda key, default: xp.get(f"generate.lm.{key}", default)
     cfg = LMConfig(
-        dim=dim, num_heads=int(tl("num_heads")), num_layers=int(tl("num_layers")),
-        hidden_scale=float(tl("hidden_scale", 4)), n_q=n_q, card=int(tl("card")), delays=delays,
-        condition_dim=condition_dim, max_period=float(tl("max_period", 10000.0)),
+        dim=dim,
+        num_heads=int(tl("num_heads")),
+        num_layers=int(tl("num_layers")),
+        hidden_scale=float(tl("hidden_scale", 4)),
+        n_q=n_q,
+        card=int(tl("card")),
+        delays=delays,
+        condition_dim=condition_dim,
+        max_period=float(tl("max_period", 10000.0)),
         positional_scale=float(tl("positional_scale", 1.0)),
-        bias_ff=bool(tl("bias_ff", True)), bias_attn=bool(tl("bias_attn", True)),
+        bias_ff=bool(tl("bias_ff", True)),
+        bias_attn=bool(tl("bias_attn", True)),
         bias_proj=bool(tl("bias_proj", True)),
         cfg_coef=float(xp.get("classifier_free_guidance.inference_coef", 3.0)),
         max_duration=float(xp.get("dataset.segment_duration", 10.0)),
-        use_sampling=bool(gen("use_sampling", True)), top_k=int(gen("top_k", 250)),
-        top_p=float(gen("top_p", 0.0)), temperature=float(gen("temp", 1.0)),
+        use_sampling=bool(gen("use_sampling", True)),
+        top_k=int(gen("top_k", 250)),
+        top_p=float(gen("top_p", 0.0)),
+        temperature=float(gen("temp", 1.0)),
     )
     conditioner = {"input_dim": condition_dim, "output_dim": dim, "name": t5_name}
     return cfg, conditioner
@@ -433,8 +531,8 @@ def conversion_rules(param_dtype) -> list:
 
     layer = r"transformer\.layers\.(\d+)"
     attn = layer + r"\.(self_attn|cross_attention)\.(?:mha\.)?"
-    qkv = lambda leaf: tuple(rf"transformer.layers.\1.\2.{p}_proj.{leaf}" for p in "qkv")  # noqa: E731
-    same = lambda srcs: next(iter(srcs.values()))  # noqa: E731
+    qkv = lambda leaf: tuple(rf"transformer.layers.\1.\2.{p}_proj.{leaf}" for p in "qkv")
+    same = lambda srcs: next(iter(srcs.values()))
     return [
         Rule(r"emb\.(\d+)\.weight", r"emb.\1.embedding"),
         Rule(attn + r"in_proj_weight", qkv("kernel"), split3),
@@ -443,7 +541,9 @@ def conversion_rules(param_dtype) -> list:
         Rule(attn + r"out_proj\.bias", r"transformer.layers.\1.\2.out_proj.bias", same),
         Rule(layer + r"\.(linear1|linear2)\.weight", r"transformer.layers.\1.\2.kernel", kernel),
         Rule(layer + r"\.(linear1|linear2)\.bias", r"transformer.layers.\1.\2.bias", same),
-        Rule(layer + r"\.(norm1|norm2|norm_cross)\.weight", r"transformer.layers.\1.\2.scale", same),
+        Rule(
+            layer + r"\.(norm1|norm2|norm_cross)\.weight", r"transformer.layers.\1.\2.scale", same
+        ),
         Rule(layer + r"\.(norm1|norm2|norm_cross)\.bias", r"transformer.layers.\1.\2.bias", same),
         Rule(r"out_norm\.weight", "out_norm.scale", same),
         Rule(r"out_norm\.bias", "out_norm.bias", same),
@@ -511,8 +611,12 @@ def _init_cache(lm: LMModel, condition_BLD: jax.Array, max_steps: int) -> KVCach
     shape = (B, max_steps, cfg.num_heads, cfg.head_dim)
     zeros = tuple(jnp.zeros(shape, jnp.float32) for _ in range(cfg.num_layers))
     cross = [layer.cross_kv(condition_BLD.astype(jnp.float32)) for layer in lm.transformer.layers]
-    return KVCache(keys=zeros, values=zeros,
-                   cross_keys=tuple(k for k, _ in cross), cross_values=tuple(v for _, v in cross))
+    return KVCache(
+        keys=zeros,
+        values=zeros,
+        cross_keys=tuple(k for k, _ in cross),
+        cross_values=tuple(v for _, v in cross),
+    )
 
 
 @jax.jit
@@ -520,8 +624,9 @@ def _step(lm: LMModel, seq_BKS: jax.Array, cache: KVCache, start: jax.Array):
     x = _embed(lm, seq_BKS, start)
     keys, values = [], []
     for i, layer in enumerate(lm.transformer.layers):
-        x, (k, v) = layer(x, cache.cross_keys[i], cache.cross_values[i],
-                          (cache.keys[i], cache.values[i]), start)
+        x, (k, v) = layer(
+            x, cache.cross_keys[i], cache.cross_values[i], (cache.keys[i], cache.values[i]), start
+        )
         keys.append(k)
         values.append(v)
     new_cache = dataclasses.replace(cache, keys=tuple(keys), values=tuple(values))
@@ -540,7 +645,9 @@ def _concrete(x) -> bool:
 def _check_seq(lm: LMModel, seq_BKS) -> jax.Array:
     cfg = lm.config
     if getattr(seq_BKS, "ndim", None) != 3 or seq_BKS.shape[1] != cfg.n_q:
-        raise ValueError(f"seq must be [B, K={cfg.n_q}, S] codes, got shape {getattr(seq_BKS, 'shape', None)}")
+        raise ValueError(
+            f"seq must be [B, K={cfg.n_q}, S] codes, got shape {getattr(seq_BKS, 'shape', None)}"
+        )
     if not jnp.issubdtype(seq_BKS.dtype, jnp.integer):
         raise ValueError(f"seq must hold integer codes, got dtype {seq_BKS.dtype}")
     if _concrete(seq_BKS):
@@ -548,7 +655,8 @@ def _check_seq(lm: LMModel, seq_BKS) -> jax.Array:
         if arr.size and (arr.min() < 0 or arr.max() > cfg.card):
             raise ValueError(
                 f"codes must lie in [0, {cfg.card}] ({cfg.card} is the special token), "
-                f"got values in [{arr.min()}, {arr.max()}]")
+                f"got values in [{arr.min()}, {arr.max()}]"
+            )
     return jnp.asarray(seq_BKS, jnp.int32)
 
 
@@ -557,7 +665,8 @@ def _check_condition(lm: LMModel, condition_BLD) -> None:
     if getattr(condition_BLD, "ndim", None) != 3 or condition_BLD.shape[-1] != D:
         raise ValueError(
             f"condition must be [B, L, D={D}] (already projected by the conditioner's output_proj), "
-            f"got shape {getattr(condition_BLD, 'shape', None)}")
+            f"got shape {getattr(condition_BLD, 'shape', None)}"
+        )
 
 
 def forward(lm: LMModel, seq_BKS, condition_BLD) -> jax.Array:
@@ -574,7 +683,9 @@ def forward(lm: LMModel, seq_BKS, condition_BLD) -> jax.Array:
     seq_BKS = _check_seq(lm, seq_BKS)
     _check_condition(lm, condition_BLD)
     if condition_BLD.shape[0] != seq_BKS.shape[0]:
-        raise ValueError(f"batch mismatch: seq {seq_BKS.shape[0]} vs condition {condition_BLD.shape[0]}")
+        raise ValueError(
+            f"batch mismatch: seq {seq_BKS.shape[0]} vs condition {condition_BLD.shape[0]}"
+        )
     return _forward(lm, seq_BKS, condition_BLD)
 
 
@@ -618,5 +729,6 @@ def step(lm: LMModel, seq_BKS, cache: KVCache, start) -> tuple[jax.Array, KVCach
         if s0 < 0 or s0 + S > cache.max_steps:
             raise ValueError(
                 f"steps {s0}..{s0 + S - 1} do not fit a cache of {cache.max_steps} steps "
-                f"(init_cache(..., max_steps) must cover the whole sequence)")
+                f"(init_cache(..., max_steps) must cover the whole sequence)"
+            )
     return _step(lm, seq_BKS, cache, jnp.asarray(start, jnp.int32))

@@ -22,7 +22,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from audiogen_jax.config import LMConfig  # noqa: E402
+from audiogen_jax.config import LMConfig
 
 
 def audiocraft_lm_shapes(cfg: LMConfig) -> dict[str, tuple[int, ...]]:
@@ -72,7 +72,9 @@ def write_random_checkpoint(path: str, cfg: LMConfig, t5_name: str = "t5-large")
 def run_child(code: str) -> tuple[float, float, str]:
     """Runs python code in a child; returns (seconds, peak RSS GiB of exactly that child, stdout)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
     stdout = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)  # the rusage of this child alone (ru_maxrss in KiB)
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -88,7 +90,9 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--layers", type=int, default=48)
     ap.add_argument("--keep", action="store_true")
-    ap.add_argument("--load", action="store_true", help="also time LMModel.from_pretrained on the result")
+    ap.add_argument(
+        "--load", action="store_true", help="also time LMModel.from_pretrained on the result"
+    )
     args = ap.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
     cfg = LMConfig.medium(num_layers=args.layers)
@@ -97,22 +101,28 @@ def main() -> None:
     if not os.path.exists(src):
         t0 = time.perf_counter()
         n = write_random_checkpoint(src, cfg)
-        print(f"wrote {src}: {n:,} params, {os.path.getsize(src) / 1e9:.2f} GB, {time.perf_counter() - t0:.0f} s")
+        print(
+            f"wrote {src}: {n:,} params, {os.path.getsize(src) / 1e9:.2f} GB, {time.perf_counter() - t0:.0f} s"
+        )
     dt, peak, _ = run_child(
         "from audiogen_jax import cli; import sys; "
         f"sys.exit(cli.convert_main(['--lm', {src!r}, '--dtype', {args.dtype!r}, '--out', {out!r}]))"
     )
     size = os.path.getsize(os.path.join(out, "lm.safetensors")) / 2**30
-    print(f"convert {args.dtype}: {dt:.1f} s, peak RSS {peak:.2f} GiB, lm.safetensors {size:.2f} GiB "
-          f"(peak / output = {peak / size:.2f})")
+    print(
+        f"convert {args.dtype}: {dt:.1f} s, peak RSS {peak:.2f} GiB, lm.safetensors {size:.2f} GiB "
+        f"(peak / output = {peak / size:.2f})"
+    )
     if args.load:
         dt, peak, stdout = run_child(
             "import time; t0 = time.perf_counter(); from audiogen_jax.lm import LMModel; "
             f"m = LMModel.from_pretrained({out!r}); import jax; jax.block_until_ready(jax.tree.leaves(m)); "
             "print(f'{time.perf_counter() - t0:.1f}')"
         )
-        print(f"from_pretrained {args.dtype}: {stdout.strip()} s in-process ({dt:.1f} s with interpreter start), "
-              f"peak RSS {peak:.2f} GiB")
+        print(
+            f"from_pretrained {args.dtype}: {stdout.strip()} s in-process ({dt:.1f} s with interpreter start), "
+            f"peak RSS {peak:.2f} GiB"
+        )
     if not args.keep:
         shutil.rmtree(args.workdir)
 

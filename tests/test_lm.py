@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from audiogen_jax import checkpoint, convert, lm as lm_lib
+from audiogen_jax import checkpoint, convert
+from audiogen_jax import lm as lm_lib
 from audiogen_jax.config import LMConfig
 
 # Measured (docs/parity.md): fp32 tiny <= 5.0e-7, medium widths <= 1.03e-6; bf16 weights vs fp32 reference <= 4.7e-3.
@@ -146,7 +147,11 @@ def test_bf16_round_trip_and_layout(tiny, tmp_path):
     seq = delayed(rng.integers(0, cfg.card, (2, cfg.n_q, 5)), cfg.delays, cfg.card)
     cond, _ = conditions(rng, 2, 3, cfg.dim, [3, 1])
     bf = tiny.astype(jnp.bfloat16)
-    assert bf.dtype == jnp.bfloat16 and bf.linears[0].layout == "out_in" and tiny.linears[0].layout == "in_out"
+    assert (
+        bf.dtype == jnp.bfloat16
+        and bf.linears[0].layout == "out_in"
+        and tiny.linears[0].layout == "in_out"
+    )
     ref = np.asarray(lm_lib.forward(tiny, seq, cond))
     err = rel_err(lm_lib.forward(bf, seq, cond), ref)
     print(f"tiny: bf16 copy vs fp32 model rel err {err:.2e}")
@@ -256,11 +261,30 @@ def build_reference(cfg: LMConfig, seed: int):
     torch.manual_seed(seed)
     ref = RefLM(
         pattern_provider=DelayedPatternProvider(cfg.n_q, delays=list(cfg.delays)),
-        condition_provider=ConditioningProvider({}), fuser=ConditionFuser({"cross": ["description"], "prepend": [], "sum": [], "input_interpolate": []}),
-        n_q=cfg.n_q, card=cfg.card, dim=cfg.dim, num_heads=cfg.num_heads, num_layers=cfg.num_layers,
-        hidden_scale=cfg.hidden_scale, norm="layer_norm", norm_first=True, bias_ff=False, bias_attn=False,
-        bias_proj=False, causal=True, cross_attention=True, memory_efficient=True, positional_embedding="sin",
-        activation="gelu", dropout=0.0, weight_init="gaussian", depthwise_init="current", zero_bias_init=True,
+        condition_provider=ConditioningProvider({}),
+        fuser=ConditionFuser(
+            {"cross": ["description"], "prepend": [], "sum": [], "input_interpolate": []}
+        ),
+        n_q=cfg.n_q,
+        card=cfg.card,
+        dim=cfg.dim,
+        num_heads=cfg.num_heads,
+        num_layers=cfg.num_layers,
+        hidden_scale=cfg.hidden_scale,
+        norm="layer_norm",
+        norm_first=True,
+        bias_ff=False,
+        bias_attn=False,
+        bias_proj=False,
+        causal=True,
+        cross_attention=True,
+        memory_efficient=True,
+        positional_embedding="sin",
+        activation="gelu",
+        dropout=0.0,
+        weight_init="gaussian",
+        depthwise_init="current",
+        zero_bias_init=True,
         cfg_coef=cfg.cfg_coef,
     ).eval()
     with torch.no_grad():
@@ -324,8 +348,19 @@ def make_case(name: str, tmp_path_factory) -> dict:
     seq = delayed(rng.integers(0, cfg.card, (B, cfg.n_q, T)), cfg.delays, cfg.card)
     cond, mask = conditions(rng, B, L, cfg.dim, [7, 3])
     model = lm_lib.LMModel.from_pretrained(d / "out")
-    return dict(name=name, cfg=cfg, ref=ref, state=state, src=src, out=d / "out", seq=seq, cond=cond,
-                mask=mask, t5_name=t5_name, model=model)
+    return {
+        "name": name,
+        "cfg": cfg,
+        "ref": ref,
+        "state": state,
+        "src": src,
+        "out": d / "out",
+        "seq": seq,
+        "cond": cond,
+        "mask": mask,
+        "t5_name": t5_name,
+        "model": model,
+    }
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
@@ -346,7 +381,10 @@ def test_converted_config_and_conditioner(converted):
     got = LMConfig.from_dict(checkpoint.read_config(out, "lm"))
     assert got == cfg
     assert checkpoint.read_config(out, "conditioner") == {
-        "input_dim": cfg.condition_dim, "output_dim": cfg.dim, "name": converted["t5_name"]}
+        "input_dim": cfg.condition_dim,
+        "output_dim": cfg.dim,
+        "name": converted["t5_name"],
+    }
     from safetensors.numpy import load_file
 
     proj = load_file(str(out / "conditioner.safetensors"))
@@ -416,7 +454,9 @@ def _mutated_package(converted, tmp_path, *, drop=(), add=None, reshape=None, ex
     for k, shape in (reshape or {}).items():
         state[k] = state[k].new_zeros(shape)
     src = tmp_path / "bad.bin"
-    save_audiocraft_package(src, state, xp_cfg_yaml(converted["cfg"], converted["t5_name"], extra_yaml), half=True)
+    save_audiocraft_package(
+        src, state, xp_cfg_yaml(converted["cfg"], converted["t5_name"], extra_yaml), half=True
+    )
     return src
 
 
@@ -426,7 +466,8 @@ def test_conversion_errors(tiny_case, tmp_path):
 
     converted = tiny_case
     bad = _mutated_package(
-        converted, tmp_path,
+        converted,
+        tmp_path,
         drop=["transformer.layers.1.linear2.weight"],
         add={"transformer.layers.0.extra.weight": torch.zeros(3)},
         reshape={"linears.2.weight": (5, 7), "emb.0.weight": (3, 3)},
@@ -434,9 +475,13 @@ def test_conversion_errors(tiny_case, tmp_path):
     with pytest.raises(convert.ConversionError) as e:
         convert.convert_lm(bad, tmp_path / "out")
     msg = str(e.value)
-    assert "transformer.layers.0.extra.weight" in msg and "transformer.layers.1.linear2.kernel" in msg
+    assert (
+        "transformer.layers.0.extra.weight" in msg and "transformer.layers.1.linear2.kernel" in msg
+    )
     assert not (tmp_path / "out" / "lm.safetensors").exists()
-    bad = _mutated_package(converted, tmp_path, reshape={"linears.2.weight": (5, 7), "emb.0.weight": (3, 3)})
+    bad = _mutated_package(
+        converted, tmp_path, reshape={"linears.2.weight": (5, 7), "emb.0.weight": (3, 3)}
+    )
     with pytest.raises(convert.ConversionError) as e:
         convert.convert_lm(bad, tmp_path / "out")
     assert "linears.2.kernel" in str(e.value) and "emb.0.embedding" in str(e.value)
@@ -454,13 +499,22 @@ def test_unsupported_settings_refused(tiny_case, tmp_path):
 
     text = xp_cfg_yaml(converted["cfg"], converted["t5_name"])
     tree = yaml.safe_load(text)
-    tree["transformer_lm"].update(positional_embedding="rope", qk_layer_norm=True, layer_scale=0.1, kv_repeat=2)
+    tree["transformer_lm"].update(
+        positional_embedding="rope", qk_layer_norm=True, layer_scale=0.1, kv_repeat=2
+    )
     tree["transformer_lm"]["norm_first"] = False
     tree["codebooks_pattern"]["modeling"] = "unroll"
     xp = convert.YamlConfig(tree)
     with pytest.raises(ValueError) as e:
         lm_lib.config_from_audiocraft(xp, None)
-    for word in ("positional_embedding", "qk_layer_norm", "layer_scale", "kv_repeat", "norm_first", "modeling"):
+    for word in (
+        "positional_embedding",
+        "qk_layer_norm",
+        "layer_scale",
+        "kv_repeat",
+        "norm_first",
+        "modeling",
+    ):
         assert word in str(e.value)
     # through the converter, as a ConversionError naming the file
     from refutil import save_audiocraft_package
@@ -469,3 +523,73 @@ def test_unsupported_settings_refused(tiny_case, tmp_path):
     save_audiocraft_package(src, converted["state"], yaml.safe_dump(tree), half=True)
     with pytest.raises(convert.ConversionError, match="positional_embedding"):
         convert.convert_lm(src, tmp_path / "out")
+
+
+# --------------------------------------------------------------------------------------------------
+# Full size (outside CI: `pytest -m slow tests/test_lm.py`).
+
+
+@pytest.mark.slow
+@pytest.mark.parity
+def test_full_size_checkpoint(reference, tmp_path_factory):
+    """Converts a random 1.84B-parameter fp16 checkpoint, loads it, and compares the first steps' logits.
+
+    Memory: the reference (7.4 GB fp32) runs first and is freed before our model (7.4 GB) is loaded.
+    """
+    import gc
+
+    import torch
+    from audiocraft.models.lm import LMModel as RefLM
+    from audiocraft.modules.codebooks_patterns import DelayedPatternProvider
+    from audiocraft.modules.conditioners import ConditionFuser, ConditioningProvider
+
+    cfg = LMConfig.medium()
+    d = tmp_path_factory.mktemp("lm_full")
+    src = str(d / "state_dict.bin")
+    assert load_bench().write_random_checkpoint(src, cfg) == 1_839_131_136
+    rng = np.random.default_rng(0)
+    seq = delayed(rng.integers(0, cfg.card, (2, cfg.n_q, 8)), cfg.delays, cfg.card)
+    cond, mask = conditions(rng, 2, 6, cfg.dim, [6, 2])
+
+    state = torch.load(src, mmap=True, weights_only=True)["best_state"]
+    state = {k: v for k, v in state.items() if not k.startswith("condition_provider.")}
+    with torch.device("meta"):  # no init: every weight comes from the checkpoint
+        ref = RefLM(
+            pattern_provider=DelayedPatternProvider(cfg.n_q, delays=list(cfg.delays)),
+            condition_provider=ConditioningProvider({}),
+            fuser=ConditionFuser(
+                {"cross": ["description"], "prepend": [], "sum": [], "input_interpolate": []}
+            ),
+            n_q=cfg.n_q,
+            card=cfg.card,
+            dim=cfg.dim,
+            num_heads=cfg.num_heads,
+            num_layers=cfg.num_layers,
+            hidden_scale=cfg.hidden_scale,
+            norm="layer_norm",
+            norm_first=True,
+            bias_ff=False,
+            bias_attn=False,
+            bias_proj=False,
+            causal=True,
+            cross_attention=True,
+            memory_efficient=True,
+            positional_embedding="sin",
+            activation="gelu",
+            dropout=0.0,
+        )
+    ref.load_state_dict(state, strict=True, assign=True)
+    ref = ref.float().eval()
+    del state
+    want_tf = reference_logits(ref, seq, cond, mask)
+    want_stream = reference_logits(ref, seq, cond, mask, prefill=1)
+    del ref
+    gc.collect()
+
+    convert.convert_lm(src, d / "out")
+    os.remove(src)
+    model = lm_lib.LMModel.from_pretrained(d / "out")
+    err_tf = rel_err(lm_lib.forward(model, seq, cond), want_tf)
+    err_stream = rel_err(our_streaming(model, seq, cond, prefill=1), want_stream)
+    print(f"full size: teacher-forced rel err {err_tf:.2e}, streaming rel err {err_stream:.2e}")
+    assert err_tf < TOL_FP32 and err_stream < TOL_FP32
