@@ -1,0 +1,169 @@
+"""Builds the PyTorch reference EnCodec (audiocraft 1.3.0) with random weights, and its real export file.
+
+Shared by tests/test_encodec.py and benchmarks/bench_encodec.py. The reference is built from explicit
+constructor arguments (the PyPI audiocraft has no Hydra config folder), with the same values the
+checkpoint's `xp.cfg` YAML states, so the converter reads the config exactly as it would read a release.
+"""
+
+from __future__ import annotations
+
+import os
+
+from audiogen_jax.config import EncodecConfig
+
+# The YAML audiocraft exports is the whole training config, unresolved. This keeps the interpolations a
+# converter must follow (`${sample_rate}`, `${channels}`, `${encodec.causal}`) and one it must never touch.
+_XP_CFG = """\
+device: cpu
+dtype: float32
+sample_rate: {sample_rate}
+channels: {channels}
+compression_model: encodec
+encodec:
+  autoencoder: seanet
+  quantizer: rvq
+  sample_rate: ${{sample_rate}}
+  channels: ${{channels}}
+  causal: {causal}
+  renormalize: {renormalize}
+seanet:
+  dimension: {dimension}
+  channels: ${{channels}}
+  causal: ${{encodec.causal}}
+  n_filters: {n_filters}
+  n_residual_layers: {n_residual_layers}
+  ratios: {ratios}
+  activation: ELU
+  activation_params:
+    alpha: {elu_alpha}
+  norm: weight_norm
+  norm_params: {{}}
+  kernel_size: {kernel_size}
+  residual_kernel_size: {residual_kernel_size}
+  last_kernel_size: {last_kernel_size}
+  dilation_base: {dilation_base}
+  pad_mode: {pad_mode}
+  true_skip: {true_skip}
+  compress: {compress}
+  lstm: {lstm}
+  disable_norm_outer_blocks: 0
+  decoder:
+    trim_right_ratio: {trim_right_ratio}
+    final_activation: {final_activation}
+    final_activation_params: null
+  encoder: {{}}
+rvq:
+  n_q: {n_q}
+  q_dropout: false
+  bins: {bins}
+  decay: 0.99
+  kmeans_init: true
+  kmeans_iters: 50
+  threshold_ema_dead_code: 2
+  orthogonal_reg_weight: 0.0
+  orthogonal_reg_active_codes_only: false
+  orthogonal_reg_max_codes: null
+dora:
+  dir: /checkpoint/${{oc.env:USER}}/experiments/audiocraft/outputs
+"""
+
+
+def xp_cfg_yaml(cfg: EncodecConfig, renormalize: bool = False) -> str:
+    """The compression xp.cfg that describes `cfg`, written the way audiocraft exports it."""
+    d = cfg.to_dict()
+    d["ratios"] = "[" + ", ".join(str(r) for r in cfg.ratios) + "]"
+    d["final_activation"] = "null" if cfg.final_activation is None else cfg.final_activation
+    for key in ("causal", "true_skip"):
+        d[key] = str(d[key]).lower()
+    return _XP_CFG.format(renormalize=str(renormalize).lower(), **d)
+
+
+def build_reference(cfg: EncodecConfig, seed: int = 0, probe_seconds: float = 4.0):
+    """A random-weight audiocraft `EncodecModel` for `cfg`, in eval mode.
+
+    Weight norm is on (as in the release) and every `weight_g` is scaled by a random factor, so the
+    effective weights differ from `weight_v` and the converter's fold is really exercised; biases are
+    random too. A fresh k-means RVQ is all zeros with `inited=0`, so the codebooks are filled the way
+    k-means starts: stage by stage, with random frames of the residual the previous stages leave on a
+    probe signal (noise and tones), plus jitter of 30% of the residual's spread. Codes then spread over
+    the codebook and each stage removes energy, as in a trained codec (and near-ties do occur).
+    """
+    import torch
+    from audiocraft.models.encodec import EncodecModel
+    from audiocraft.modules.seanet import SEANetDecoder, SEANetEncoder
+    from audiocraft.quantization.vq import ResidualVectorQuantizer
+
+    torch.manual_seed(seed)
+    common = {
+        "channels": cfg.channels,
+        "dimension": cfg.dimension,
+        "n_filters": cfg.n_filters,
+        "n_residual_layers": cfg.n_residual_layers,
+        "ratios": list(cfg.ratios),
+        "activation": "ELU",
+        "activation_params": {"alpha": cfg.elu_alpha},
+        "norm": "weight_norm",
+        "norm_params": {},
+        "kernel_size": cfg.kernel_size,
+        "last_kernel_size": cfg.last_kernel_size,
+        "residual_kernel_size": cfg.residual_kernel_size,
+        "dilation_base": cfg.dilation_base,
+        "causal": cfg.causal,
+        "pad_mode": cfg.pad_mode,
+        "true_skip": cfg.true_skip,
+        "compress": cfg.compress,
+        "lstm": cfg.lstm,
+        "disable_norm_outer_blocks": 0,
+    }
+    encoder = SEANetEncoder(**common)
+    decoder = SEANetDecoder(
+        **common, trim_right_ratio=cfg.trim_right_ratio, final_activation=cfg.final_activation
+    )
+    quantizer = ResidualVectorQuantizer(
+        dimension=cfg.dimension,
+        n_q=cfg.n_q,
+        bins=cfg.bins,
+        decay=0.99,
+        kmeans_init=True,
+        kmeans_iters=50,
+        threshold_ema_dead_code=2,
+    )
+    model = EncodecModel(
+        encoder,
+        decoder,
+        quantizer,
+        frame_rate=cfg.sample_rate // cfg.hop_length,
+        sample_rate=cfg.sample_rate,
+        channels=cfg.channels,
+        causal=cfg.causal,
+        renormalize=False,
+    ).eval()
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("weight_g"):
+                p.mul_(0.5 + torch.rand(p.shape, generator=gen))
+            elif name.endswith("bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+        n = int(probe_seconds * cfg.sample_rate)
+        t = torch.arange(n) / cfg.sample_rate
+        tones = torch.stack([torch.sin(2 * torch.pi * f * t) for f in (110.0, 440.0, 1234.0)])
+        probe = torch.cat([0.1 * torch.randn(2, n, generator=gen), 0.5 * tones])[:, None]
+        probe = probe.expand(-1, cfg.channels, -1)
+        residual = model.encoder(probe).transpose(1, 2).reshape(-1, cfg.dimension)
+        for layer in model.quantizer.vq.layers:
+            pick = torch.randint(0, residual.shape[0], (cfg.bins,), generator=gen)
+            jitter = 0.3 * residual.std(0) * torch.randn(cfg.bins, cfg.dimension, generator=gen)
+            layer._codebook.embed.copy_(residual[pick] + jitter)
+            layer._codebook.inited.fill_(1.0)
+            residual = residual - layer.decode(layer.encode(residual[None].transpose(1, 2)))[0].T
+    return model
+
+
+def save_reference(
+    model, cfg: EncodecConfig, path: str | os.PathLike, renormalize: bool = False
+) -> None:
+    """Writes `model` in the real `compression_state_dict.bin` format (see tests/refutil.py)."""
+    from refutil import save_audiocraft_package
+
+    save_audiocraft_package(path, model.state_dict(), xp_cfg_yaml(cfg, renormalize=renormalize))
