@@ -202,6 +202,9 @@ class AudioGen:
                 f"{name}: the conditioner gives width {conditioner.output_dim}, the LM wants {lm.config.dim}"
             )
         self._splits = (nnx.split(lm), nnx.split(conditioner))
+        # Seconds per generation window (the training segment), from the checkpoint; an attribute, as in
+        # the reference, so it can be lowered to exercise the sliding window cheaply.
+        self.max_duration = float(lm.config.max_duration)
         self.set_generation_params(duration=5.0)
 
     @classmethod
@@ -244,10 +247,6 @@ class AudioGen:
     @property
     def audio_channels(self) -> int:
         return self.compression_model.channels
-
-    @property
-    def max_duration(self) -> float:
-        return float(self.lm.config.max_duration)
 
     # -- settings --------------------------------------------------------------------------------
 
@@ -297,6 +296,8 @@ class AudioGen:
             overrides["top_k"] = int(top_k)
             if not 0 <= top_k <= cfg.card:
                 raise ValueError(f"top_k must be in [0, {cfg.card}] (the codebook size), got {top_k}")
+        # A checkpoint's default top_k may exceed a small test codebook; keep at most the whole codebook.
+        overrides.setdefault("top_k", min(cfg.top_k, cfg.card))
         params = sampling.SamplingParams.from_lm_config(cfg, **overrides)
         self.duration = duration
         self.extend_stride = extend_stride
