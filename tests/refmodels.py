@@ -1,0 +1,233 @@
+"""A whole reference AudioGen (audiocraft 1.3.0) with random weights, written in the release's file formats.
+
+Shared by `benchmarks/bench_generate.py` (and usable by tests). It reuses the component builders the tests
+already have (`encodec_reference.build_reference`, `test_t5.random_hf_t5`, `test_lm.xp_cfg_yaml`,
+`refutil.save_audiocraft_package`, `spm_util.make_spiece_dir`) and adds what none of them has: the LM's
+state dict filled directly at full size (1.84 B parameters in fp16 in about a minute, instead of the 74 s
+gaussian init of a torch `LMModel` plus an fp32 copy), and the reference `AudioGen` assembled from the files,
+with a real `T5Conditioner` in its `ConditioningProvider`, so the reference runs exactly the weights our
+converter reads.
+
+    files = write_checkpoints(directory, Bundle.medium())      # state_dict.bin, compression_state_dict.bin, t5/
+    convert(files, out_dir, "bfloat16")                        # convert_weights.py, as a user runs it
+    model = reference_audiogen(files, Bundle.medium())         # audiocraft AudioGen on the same weights
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import types
+
+from audiogen_jax.config import EncodecConfig, LMConfig, T5Config
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(TESTS)
+if TESTS not in sys.path:
+    sys.path.insert(0, TESTS)
+
+LM_FILE = "state_dict.bin"
+COMPRESSION_FILE = "compression_state_dict.bin"
+T5_DIR = "t5"
+DONE = "checkpoints.json"  # written last: its presence means the files are complete
+
+
+@dataclasses.dataclass(frozen=True)
+class Bundle:
+    """The three component configs of one AudioGen, and the T5 name its LM config states."""
+
+    codec: EncodecConfig
+    t5: T5Config
+    lm: LMConfig
+    t5_name: str
+
+    @classmethod
+    def medium(cls) -> Bundle:
+        return cls(EncodecConfig.medium(), T5Config.large(), LMConfig.medium(), "t5-large")
+
+    @classmethod
+    def tiny(cls) -> Bundle:
+        from audiogen_jax.presets import tiny_random_configs
+
+        codec, t5, lm = tiny_random_configs()
+        # Not a real T5 name: the converter then reads the text width from the output_proj shape.
+        return cls(codec, t5, lm, "t5-tiny-random")
+
+
+def lm_state_dict(cfg: LMConfig, seed: int = 0) -> dict:
+    """A random fp16 audiocraft LM state dict (output_proj included), filled tensor by tensor.
+
+    Keys and shapes come from `measure_convert_memory.audiocraft_lm_shapes`, which tests/test_lm.py checks
+    against a real `LMModel`. Scales follow audiocraft's gaussian init (std 1/sqrt(fan_in), divided by
+    sqrt(2 (layer + 1)) inside the transformer, its `depthwise_init='current'`); norms get 1 + noise.
+    """
+    import torch
+
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    from measure_convert_memory import audiocraft_lm_shapes
+
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, shape in audiocraft_lm_shapes(cfg).items():
+        t = torch.empty(shape, dtype=torch.float16)
+        if len(shape) == 2:
+            std = shape[1] ** -0.5
+            if key.startswith("transformer.layers."):
+                std /= (2 * (int(key.split(".")[2]) + 1)) ** 0.5
+            t.normal_(0.0, std, generator=gen)
+        elif "norm" in key and key.endswith("weight"):
+            t.normal_(1.0, 0.1, generator=gen)
+        else:
+            t.normal_(0.0, 0.1, generator=gen)
+        state[key] = t
+    return state
+
+
+def write_checkpoints(
+    directory: str | os.PathLike, bundle: Bundle, seed: int = 0
+) -> dict[str, str]:
+    """Writes the three checkpoints in their release formats (once; later calls reuse them).
+
+    Returns:
+      {"lm": state_dict.bin (fp16 audiocraft export), "compression": compression_state_dict.bin,
+       "t5": a Hugging Face T5 directory (save_pretrained + spiece.model)}.
+    """
+    import torch
+    from encodec_reference import build_reference, save_reference
+    from refutil import save_audiocraft_package
+    from spm_util import make_spiece_dir
+    from test_lm import xp_cfg_yaml
+    from test_t5 import random_hf_t5
+
+    directory = os.fspath(directory)
+    files = {
+        "lm": os.path.join(directory, LM_FILE),
+        "compression": os.path.join(directory, COMPRESSION_FILE),
+        "t5": os.path.join(directory, T5_DIR),
+    }
+    done = os.path.join(directory, DONE)
+    if os.path.isfile(done):
+        return files
+    os.makedirs(directory, exist_ok=True)
+    torch.manual_seed(seed)
+    save_reference(build_reference(bundle.codec, seed=seed), bundle.codec, files["compression"])
+    hf = random_hf_t5(bundle.t5, seed)
+    hf.save_pretrained(files["t5"])
+    del hf
+    make_spiece_dir(files["t5"])
+    state = lm_state_dict(bundle.lm, seed)
+    # test_lm's config states AudioGen's top_k 250; a tiny codebook needs its own (the converter reads it).
+    xp = xp_cfg_yaml(bundle.lm, bundle.t5_name).replace("top_k: 250", f"top_k: {bundle.lm.top_k}")
+    save_audiocraft_package(files["lm"], state, xp, half=True)
+    del state
+    with open(done, "w") as f:
+        json.dump({"bundle": repr(bundle), "seed": seed}, f)
+    return files
+
+
+def convert(files: dict[str, str], out_dir: str | os.PathLike, dtype: str) -> str:
+    """Converts the three checkpoints with `convert_weights.py` (a child process, as a user runs it)."""
+    out_dir = os.fspath(out_dir)
+    if os.path.isfile(os.path.join(out_dir, DONE)):
+        return out_dir
+    cmd = [
+        sys.executable,
+        os.path.join(REPO, "convert_weights.py"),
+        "--compression",
+        files["compression"],
+        "--t5",
+        files["t5"],
+        "--lm",
+        files["lm"],
+        "--dtype",
+        dtype,
+        "--out",
+        out_dir,
+    ]
+    subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    with open(os.path.join(out_dir, DONE), "w") as f:
+        json.dump({"dtype": dtype}, f)
+    return out_dir
+
+
+def reference_audiogen(files: dict[str, str], bundle: Bundle, lm_dtype: str = "float32"):
+    """audiocraft's `AudioGen` on the weights in `files`: EnCodec, T5Conditioner and LM as the loaders build them.
+
+    The LM is built on the meta device (no init cost) and filled from the fp16 export with
+    `load_state_dict`, which upcasts to float32 like audiocraft's CPU loader; `lm_dtype='bfloat16'` then
+    casts it with `lm.to(torch.bfloat16)` (T5 and EnCodec stay float32, as in reference-setup.md §5).
+    """
+    import torch
+    import transformers
+    from audiocraft.models.audiogen import AudioGen
+    from audiocraft.models.lm import LMModel
+    from audiocraft.modules import conditioners
+    from audiocraft.modules.codebooks_patterns import DelayedPatternProvider
+    from encodec_reference import build_reference
+
+    codec = build_reference(bundle.codec, probe_seconds=0.1)
+    codec.load_state_dict(torch.load(files["compression"], weights_only=False)["best_state"])
+
+    cfg = bundle.lm
+    hf = transformers.T5EncoderModel.from_pretrained(files["t5"]).eval()
+    tok = transformers.T5Tokenizer.from_pretrained(files["t5"])
+    fake = lambda obj: types.SimpleNamespace(from_pretrained=lambda name, **kw: obj)
+    saved = conditioners.T5EncoderModel, conditioners.T5Tokenizer
+    conditioners.T5EncoderModel, conditioners.T5Tokenizer = fake(hf), fake(tok)
+    try:
+        text = conditioners.T5Conditioner(
+            "t5-large", output_dim=cfg.dim, finetune=False, device="cpu"
+        )
+    finally:
+        conditioners.T5EncoderModel, conditioners.T5Tokenizer = saved
+    if text.output_proj.in_features != bundle.t5.d_model:  # a tiny T5: the name fixes 1024 inputs
+        text.output_proj = torch.nn.Linear(bundle.t5.d_model, cfg.dim)
+    provider = conditioners.ConditioningProvider({"description": text})
+    fuser = conditioners.ConditionFuser(
+        {"cross": ["description"], "prepend": [], "sum": [], "input_interpolate": []}
+    )
+    with torch.device("meta"):
+        lm = LMModel(
+            pattern_provider=DelayedPatternProvider(cfg.n_q, delays=list(cfg.delays)),
+            condition_provider=provider,
+            fuser=fuser,
+            n_q=cfg.n_q,
+            card=cfg.card,
+            dim=cfg.dim,
+            num_heads=cfg.num_heads,
+            num_layers=cfg.num_layers,
+            hidden_scale=cfg.hidden_scale,
+            norm="layer_norm",
+            norm_first=True,
+            bias_ff=cfg.bias_ff,
+            bias_attn=cfg.bias_attn,
+            bias_proj=cfg.bias_proj,
+            causal=True,
+            cross_attention=True,
+            memory_efficient=True,
+            positional_embedding="sin",
+            max_period=cfg.max_period,
+            positional_scale=cfg.positional_scale,
+            activation="gelu",
+            dropout=0.0,
+            cfg_coef=cfg.cfg_coef,
+            two_step_cfg=False,
+        )
+    lm = lm.to_empty(device="cpu")
+    state = torch.load(files["lm"], mmap=True, weights_only=False)["best_state"]
+    missing, unexpected = lm.load_state_dict(state, strict=False)
+    del state
+    # The sinusoidal embedding has no buffers; anything missing would be uninitialised memory.
+    if missing or unexpected:
+        raise RuntimeError(
+            f"reference LM state mismatch: missing {missing}, unexpected {unexpected}"
+        )
+    lm = lm.eval()
+    if lm_dtype == "bfloat16":
+        lm = lm.to(torch.bfloat16)
+    elif lm_dtype != "float32":
+        raise ValueError(f"lm_dtype must be float32 or bfloat16, got {lm_dtype!r}")
+    return AudioGen("audiogen-random", codec, lm, max_duration=cfg.max_duration)
