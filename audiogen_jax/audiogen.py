@@ -403,6 +403,7 @@ class AudioGen:
             prompt_BKT=prompt_codes, max_frames=int(self.max_duration * self.frame_rate),
             stride_frames=int(self.frame_rate * self.extend_stride),
             frame_bucket=max(1, round(self.frame_rate)), progress=progress, splits=self._splits,
+            seconds=(self.duration, self.max_duration, self.frame_rate),
         )
         wav = np.asarray(jax.device_get(self.compression_model.decode(codes)), np.float32)
         return (wav, codes) if return_tokens else wav

@@ -303,6 +303,7 @@ def generate_codes(
     frame_bucket: int | None = None,
     progress: bool = False,
     splits: tuple[tuple[Any, Any], tuple[Any, Any]] | None = None,
+    seconds: tuple[float, float, float] | None = None,
 ) -> np.ndarray:
     """Generates T frames of codes, with the sliding window when T exceeds `max_frames`.
 
@@ -319,6 +320,10 @@ def generate_codes(
       frame_bucket: pad shapes to multiples of this many frames (fewer compilations); None: exact.
       progress: show a tqdm bar per window.
       splits: `(nnx.split(lm), nnx.split(conditioner))`, to skip re-splitting on every call.
+      seconds: (duration, max_duration, frame_rate): compute each window's length in float seconds
+        exactly as the reference does, `int(min(duration - offset / frame_rate, max_duration) *
+        frame_rate)`, rounding included (e.g. 1.7 s - 0.8 s gives 44 frames at 50 Hz, not 45). Without
+        it, lengths are exact frame counts.
 
     Returns:
       int32 [B, K, T] numpy codes, prompt included.
@@ -353,8 +358,11 @@ def generate_codes(
     prompt, offset, w = prompt_BKT, 0, 0
     prompt_len = T0
     while offset + prompt_len < num_frames:
-        # The reference computes this length in float seconds and back to frames; in frames it is exact.
-        length = min(num_frames - offset, limit)
+        if seconds is not None:
+            duration, max_duration, frame_rate = seconds
+            length = int(min(duration - offset / frame_rate, max_duration) * frame_rate)
+        else:
+            length = min(num_frames - offset, limit)
         codes = one(length, key=jax.random.fold_in(key, w), prompt_BKT=prompt)
         pieces.append(codes if prompt is None else codes[:, :, np.asarray(prompt).shape[-1]:])
         prompt = codes[:, :, stride_frames:]
