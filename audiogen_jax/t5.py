@@ -1,32 +1,36 @@
 """Text conditioning: the T5 encoder, its tokenizer, and AudioGen's T5 conditioner.
 
-AudioGen describes a sound with text, encodes the text with a frozen T5 encoder, projects the hidden states
-to the LM width, and lets the LM cross-attend to them. This file holds all three steps:
+AudioGen describes a sound with text, encodes the text with a frozen T5 encoder, projects the hidden
+states to the LM width, and lets the LM cross-attend to them. This file holds all three steps:
 
-    descriptions --tokenize--> ids_BL, mask_BL --T5EncoderModel--> h_BLD --output_proj, x mask--> condition_BLD
+    descriptions --tokenize--> ids_BL, mask_BL --T5EncoderModel--> h_BLD
+                 --output_proj, times mask--> condition_BLD
 
-The encoder is T5 (Raffel et al. 2020, "Exploring the limits of transfer learning...", section 2.1): pre-norm
-blocks of self-attention and a feed-forward layer, an RMS-style layer norm (no mean, no bias), no 1/sqrt(H)
-scaling of the attention scores (T5 folds it into the initialisation), and a learned relative position bias
-that only block 0 owns and every block reuses. Positions enter nowhere else.
+The encoder is T5 (Raffel et al. 2020, "Exploring the limits of transfer learning...", section 2.1):
+pre-norm blocks of self-attention and a feed-forward layer, an RMS-style layer norm (no mean, no
+bias), no 1/sqrt(H) scaling of the attention scores (T5 folds it into the initialisation), and a
+learned relative position bias that only block 0 owns and every block reuses. Positions enter
+nowhere else.
 
 References (the code this mirrors; attribute names follow its state-dict keys):
-  - transformers `models/t5/modeling_t5.py` (`T5EncoderModel`, `T5Stack`, `T5Attention`, ...), transformers 5.24.
+  - transformers 5.24 `models/t5/modeling_t5.py` (`T5EncoderModel`, `T5Stack`, `T5Attention`, ...).
   - audiocraft 1.3.0 `modules/conditioners.py` (`T5Conditioner.tokenize` and `.forward`).
 
-Very long descriptions: neither audiocraft nor transformers truncates. audiocraft calls the tokenizer with
-`padding=True` only, so a text longer than t5-large's `model_max_length` (512) draws a transformers warning and
-is encoded whole. T5 has no position table to run out of: relative distances at or beyond
-`relative_attention_max_distance` (128) share the last bucket, so any length runs; the cost grows as L^2.
-`tokenize` below does exactly the same (no truncation), and the LM then cross-attends to all L positions.
+Very long descriptions: neither audiocraft nor transformers truncates. audiocraft calls the
+tokenizer with `padding=True` only, so a text longer than t5-large's `model_max_length` (512) draws
+a transformers warning and is encoded whole. T5 has no position table to run out of: relative
+distances at or beyond `relative_attention_max_distance` (128) share the last bucket, so any length
+runs; the cost grows as L^2. `tokenize` below does exactly the same (no truncation), and the LM then
+cross-attends to all L positions.
 
 Differences from the reference:
   - Only the encoder (no decoder, no KV cache); bidirectional position buckets only.
-  - The bucket table is computed once per length in numpy (float32 arithmetic as in torch, so the integer
-    table matches bit for bit) and enters the jitted graph as a constant.
+  - The bucket table is computed once per length in numpy (float32 arithmetic as in torch, so the
+    integer table matches bit for bit) and enters the jitted graph as a constant.
   - Dropout is absent (the reference runs T5 in eval mode).
-  - The fp16 overflow clamping in `T5Block` is absent: the encoder runs in float32, as audiocraft runs it.
-  - The conditioner keeps the tokenizer on the module (`tokenizer`, static) so `encode(descriptions)` is one call.
+  - No fp16 overflow clamping (`T5Block`): the encoder runs in float32, as audiocraft runs it.
+  - The conditioner keeps the tokenizer on the module (`tokenizer`, static), so
+    `encode(descriptions)` is one call.
 """
 
 from __future__ import annotations
@@ -46,9 +50,15 @@ from audiogen_jax import checkpoint
 from audiogen_jax.config import T5Config
 
 SPIECE = "spiece.model"
-# Files a T5 tokenizer directory may hold; `spiece.model` is required, the others are copied when present.
-TOKENIZER_FILES = (SPIECE, "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json")
+# Files a T5 tokenizer directory may hold; `spiece.model` is required, the others are copied when
+# present.
+TOKENIZER_FILES = (
+    SPIECE,
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
 CONDITIONER_FILE = "conditioner.safetensors"
 
 
@@ -60,12 +70,14 @@ def _normal(std: float) -> nnx.Initializer:
 # Relative positions.
 
 
-def relative_position_bucket(relative_position: np.ndarray, *, num_buckets: int, max_distance: int) -> np.ndarray:
-    """T5's bidirectional bucketing of `key_pos - query_pos` (transformers `_relative_position_bucket`).
+def relative_position_bucket(
+    relative_position: np.ndarray, *, num_buckets: int, max_distance: int
+) -> np.ndarray:
+    """T5's bidirectional relative-position buckets (transformers `_relative_position_bucket`).
 
-    Half the buckets are for keys after the query, half for keys before (or at) it. In each half, distances
-    below `num_buckets // 4` get a bucket each; larger ones share log-spaced buckets, and every distance at or
-    beyond `max_distance` falls into the last one.
+    Half the buckets are for keys after the query, half for keys before (or at) it. In each half,
+    distances below `num_buckets // 4` get a bucket each; larger ones share log-spaced buckets, and
+    every distance at or beyond `max_distance` falls into the last one.
 
     Args:
       relative_position: integer array of key position minus query position, any shape.
@@ -82,8 +94,11 @@ def relative_position_bucket(relative_position: np.ndarray, *, num_buckets: int,
     max_exact = half // 2
     # The same float32 steps as torch, so that distances on a bucket edge round the same way.
     ratio = np.maximum(dist, 1).astype(np.float32) / np.float32(max_exact)
-    log_steps = (np.log(ratio) / np.float32(math.log(max_distance / max_exact))
-                 * np.float32(half - max_exact))
+    log_steps = (
+        np.log(ratio)
+        / np.float32(math.log(max_distance / max_exact))
+        * np.float32(half - max_exact)
+    )
     large = np.minimum(max_exact + log_steps.astype(np.int64), half - 1)
     bucket = bucket + np.where(dist < max_exact, dist, large)
     return bucket.astype(np.int32)
@@ -92,8 +107,11 @@ def relative_position_bucket(relative_position: np.ndarray, *, num_buckets: int,
 def bucket_table(length: int, cfg: T5Config) -> np.ndarray:
     """[L, L] bucket of every (query, key) pair of a length-L text (query on rows)."""
     pos = np.arange(length)
-    return relative_position_bucket(pos[None, :] - pos[:, None], num_buckets=cfg.relative_attention_num_buckets,
-                                    max_distance=cfg.relative_attention_max_distance)
+    return relative_position_bucket(
+        pos[None, :] - pos[:, None],
+        num_buckets=cfg.relative_attention_num_buckets,
+        max_distance=cfg.relative_attention_max_distance,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -118,14 +136,22 @@ class T5Attention(nnx.Module):
     def __init__(self, cfg: T5Config, *, has_relative_attention_bias: bool, rngs: nnx.Rngs):
         d, n, h = cfg.d_model, cfg.num_heads, cfg.d_kv
         self.num_heads, self.head_dim, self.config = n, h, cfg
-        # transformers' initialisation (the 1/sqrt(H) a scaled dot product would apply lives in q's std).
-        self.q = nnx.Linear(d, n * h, use_bias=False, kernel_init=_normal((d * h) ** -0.5), rngs=rngs)
+        # transformers' initialisation (the 1/sqrt(H) a scaled dot product would apply lives in q's
+        # std).
+        self.q = nnx.Linear(
+            d, n * h, use_bias=False, kernel_init=_normal((d * h) ** -0.5), rngs=rngs
+        )
         self.k = nnx.Linear(d, n * h, use_bias=False, kernel_init=_normal(d**-0.5), rngs=rngs)
         self.v = nnx.Linear(d, n * h, use_bias=False, kernel_init=_normal(d**-0.5), rngs=rngs)
-        self.o = nnx.Linear(n * h, d, use_bias=False, kernel_init=_normal((n * h) ** -0.5), rngs=rngs)
+        self.o = nnx.Linear(
+            n * h, d, use_bias=False, kernel_init=_normal((n * h) ** -0.5), rngs=rngs
+        )
         self.relative_attention_bias = (
-            nnx.Embed(cfg.relative_attention_num_buckets, n, embedding_init=_normal(d**-0.5), rngs=rngs)
-            if has_relative_attention_bias else None
+            nnx.Embed(
+                cfg.relative_attention_num_buckets, n, embedding_init=_normal(d**-0.5), rngs=rngs
+            )
+            if has_relative_attention_bias
+            else None
         )
 
     def compute_bias(self, length: int) -> jax.Array:
@@ -135,15 +161,18 @@ class T5Attention(nnx.Module):
         buckets_LL = jnp.asarray(bucket_table(length, self.config))
         return jnp.transpose(self.relative_attention_bias(buckets_LL), (2, 0, 1))
 
-    def __call__(self, x_BLD: jax.Array, bias_NLL: jax.Array, mask_BL: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Returns the attention output [B, L, D] and the attention weights [B, N, L(query), L(key)]."""
+    def __call__(
+        self, x_BLD: jax.Array, bias_NLL: jax.Array, mask_BL: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        """(output [B, L, D], attention weights [B, N, L(query), L(key)])."""
         b, length, _ = x_BLD.shape
         split = lambda t: t.reshape(b, length, self.num_heads, self.head_dim)  # noqa: E731
         q_BLNH, k_BLNH, v_BLNH = split(self.q(x_BLD)), split(self.k(x_BLD)), split(self.v(x_BLD))
         # Second 'L' of the score tensor: the key position, written M in the einsums.
         scores_BNLM = jnp.einsum("BLNH,BMNH->BNLM", q_BLNH, k_BLNH) + bias_NLL[None]
-        # A large finite negative, as transformers: a row with every key masked (a null description) stays
-        # finite (a uniform average), and the conditioner's mask then zeroes it. -inf would give NaN.
+        # A large finite negative, as transformers: a row with every key masked (a null description)
+        # stays finite (a uniform average), and the conditioner's mask then zeroes it. -inf would
+        # give NaN.
         neg = jnp.finfo(jnp.float32).min
         scores_BNLM = scores_BNLM + jnp.where(mask_BL[:, None, None, :] > 0, 0.0, neg)
         probs_BNLM = jax.nn.softmax(scores_BNLM.astype(jnp.float32), axis=-1)
@@ -153,7 +182,9 @@ class T5Attention(nnx.Module):
 
 class T5LayerSelfAttention(nnx.Module):
     def __init__(self, cfg: T5Config, *, has_relative_attention_bias: bool, rngs: nnx.Rngs):
-        self.SelfAttention = T5Attention(cfg, has_relative_attention_bias=has_relative_attention_bias, rngs=rngs)
+        self.SelfAttention = T5Attention(
+            cfg, has_relative_attention_bias=has_relative_attention_bias, rngs=rngs
+        )
         self.layer_norm = T5LayerNorm(cfg.d_model, cfg.layer_norm_epsilon)
 
     def __call__(self, x_BLD, bias_NLL, mask_BL):
@@ -174,7 +205,7 @@ class T5DenseActDense(nnx.Module):
 
 
 class T5DenseGatedActDense(nnx.Module):
-    """T5 v1.1 "gated-gelu" feed-forward: wo(gelu_tanh(wi_0(x)) * wi_1(x)) (transformers' "gelu_new")."""
+    """T5 v1.1 "gated-gelu" feed-forward: wo(gelu_tanh(wi_0(x)) * wi_1(x)) ("gelu_new")."""
 
     def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
         d, f = cfg.d_model, cfg.d_ff
@@ -200,10 +231,14 @@ class T5Block(nnx.Module):
     """`layer.0` self-attention, `layer.1` feed-forward, each pre-normed with a residual."""
 
     def __init__(self, cfg: T5Config, *, has_relative_attention_bias: bool, rngs: nnx.Rngs):
-        self.layer = nnx.List([
-            T5LayerSelfAttention(cfg, has_relative_attention_bias=has_relative_attention_bias, rngs=rngs),
-            T5LayerFF(cfg, rngs=rngs),
-        ])
+        self.layer = nnx.List(
+            [
+                T5LayerSelfAttention(
+                    cfg, has_relative_attention_bias=has_relative_attention_bias, rngs=rngs
+                ),
+                T5LayerFF(cfg, rngs=rngs),
+            ]
+        )
 
     def __call__(self, x_BLD, bias_NLL, mask_BL):
         x_BLD, probs_BNLM = self.layer[0](x_BLD, bias_NLL, mask_BL)
@@ -211,11 +246,15 @@ class T5Block(nnx.Module):
 
 
 class T5Stack(nnx.Module):
-    """The encoder blocks and the final norm; block 0's position bias is computed once and shared."""
+    """The blocks and the final norm; block 0's position bias is computed once and shared."""
 
     def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
-        self.block = nnx.List([T5Block(cfg, has_relative_attention_bias=i == 0, rngs=rngs)
-                               for i in range(cfg.num_layers)])
+        self.block = nnx.List(
+            [
+                T5Block(cfg, has_relative_attention_bias=i == 0, rngs=rngs)
+                for i in range(cfg.num_layers)
+            ]
+        )
         self.final_layer_norm = T5LayerNorm(cfg.d_model, cfg.layer_norm_epsilon)
 
     def __call__(self, x_BLD, mask_BL):
@@ -233,12 +272,16 @@ def _check_ids_mask(ids_BL, mask_BL, vocab_size: int) -> None:
     if not jnp.issubdtype(ids_BL.dtype, jnp.integer):
         raise ValueError(f"token ids must be integers, got {ids_BL.dtype}")
     if mask_BL is not None and tuple(mask_BL.shape) != tuple(ids_BL.shape):
-        raise ValueError(f"mask shape {tuple(mask_BL.shape)} != token ids shape {tuple(ids_BL.shape)}")
+        raise ValueError(
+            f"mask shape {tuple(mask_BL.shape)} != token ids shape {tuple(ids_BL.shape)}"
+        )
     if not isinstance(ids_BL, jax.core.Tracer) and ids_BL.size:
         lo, hi = int(np.min(ids_BL)), int(np.max(ids_BL))
         if lo < 0 or hi >= vocab_size:
-            raise ValueError(f"token ids must lie in [0, {vocab_size}), got values in [{lo}, {hi}] "
-                             "(is the tokenizer the one this T5 was trained with?)")
+            raise ValueError(
+                f"token ids must lie in [0, {vocab_size}), got values in [{lo}, {hi}] "
+                "(is the tokenizer the one this T5 was trained with?)"
+            )
 
 
 class T5EncoderModel(nnx.Module):
@@ -249,8 +292,9 @@ class T5EncoderModel(nnx.Module):
         self.shared = nnx.Embed(cfg.vocab_size, cfg.d_model, embedding_init=_normal(1.0), rngs=rngs)
         self.encoder = T5Stack(cfg, rngs=rngs)
 
-    def __call__(self, ids_BL: jax.Array, mask_BL: jax.Array | None = None, *,
-                 return_attention: bool = False):
+    def __call__(
+        self, ids_BL: jax.Array, mask_BL: jax.Array | None = None, *, return_attention: bool = False
+    ):
         """Encodes token ids.
 
         Args:
@@ -277,13 +321,20 @@ def _tokenizer_dir(directory: str) -> str:
     for d in (directory, os.path.join(directory, checkpoint.TOKENIZER_DIR)):
         if os.path.isfile(os.path.join(d, SPIECE)):
             return d
-    raise ValueError(f"{directory} holds no T5 tokenizer: {SPIECE} is missing (looked in {directory} and "
-                     f"{os.path.join(directory, checkpoint.TOKENIZER_DIR)})")
+    raise ValueError(
+        f"{directory} holds no T5 tokenizer: {SPIECE} is missing (looked in {directory} and "
+        f"{os.path.join(directory, checkpoint.TOKENIZER_DIR)})"
+    )
 
 
 def load_tokenizer(directory_or_hub_id: str | os.PathLike):
-    """transformers' `T5Tokenizer` (what audiocraft uses) from a directory holding `spiece.model`, a converted
-    directory (its `tokenizer/`), or a hub id such as "t5-large" where the network allows."""
+    """transformers' `T5Tokenizer`, which audiocraft uses.
+
+    Args:
+      directory_or_hub_id: a directory holding `spiece.model` (and possibly tokenizer.json etc.), a
+        converted directory (its `tokenizer/` is used), or a hub id such as "t5-large" where the
+        network allows.
+    """
     from transformers import T5Tokenizer
 
     src = os.fspath(directory_or_hub_id)
@@ -292,18 +343,21 @@ def load_tokenizer(directory_or_hub_id: str | os.PathLike):
     elif os.path.exists(src):
         raise ValueError(f"{src} is a file; give the directory that holds {SPIECE}")
     try:
-        # transformers v5 ignores `T5Tokenizer(vocab_file=...)`; from_pretrained(dir) does read spiece.model.
+        # transformers v5 ignores `T5Tokenizer(vocab_file=...)`; from_pretrained(dir) reads it.
         return T5Tokenizer.from_pretrained(src)
     except OSError as e:
-        raise ValueError(f"could not load a T5 tokenizer from {src!r}: not a local directory, and the hub "
-                         f"download failed ({e})") from e
+        raise ValueError(
+            f"could not load a T5 tokenizer from {src!r}: not a local directory, and the hub "
+            f"download failed ({e})"
+        ) from e
 
 
 def tokenize(tokenizer, descriptions: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
     """Token ids and mask exactly as audiocraft's `T5Conditioner.tokenize`.
 
-    None becomes "", every text gets EOS appended, rows are right-padded with id 0 to the longest text (no
-    truncation at any length), and rows whose text is "" get an all-zero mask: they are the null condition.
+    None becomes "", every text gets EOS appended, rows are right-padded with id 0 to the longest
+    text (no truncation at any length), and rows whose text is "" get an all-zero mask: they are the
+    null condition.
 
     Args:
       tokenizer: from `load_tokenizer`.
@@ -313,12 +367,16 @@ def tokenize(tokenizer, descriptions: Sequence[str | None]) -> tuple[np.ndarray,
       (ids_BL, mask_BL), both int32 numpy arrays.
     """
     if isinstance(descriptions, (str, bytes)) or not isinstance(descriptions, Sequence):
-        raise ValueError(f"descriptions must be a list of strings or None, got {type(descriptions).__name__}")
+        raise ValueError(
+            f"descriptions must be a list of strings or None, got {type(descriptions).__name__}"
+        )
     if len(descriptions) == 0:
         raise ValueError("descriptions is empty: give at least one description (or None)")
     for i, d in enumerate(descriptions):
         if d is not None and not isinstance(d, str):
-            raise ValueError(f"description {i} is a {type(d).__name__} ({d!r}); expected a string or None")
+            raise ValueError(
+                f"description {i} is a {type(d).__name__} ({d!r}); expected a string or None"
+            )
     entries = ["" if d is None else d for d in descriptions]
     enc = tokenizer(entries, padding=True, return_tensors="np")
     ids_BL = np.asarray(enc["input_ids"], dtype=np.int32)
@@ -351,11 +409,12 @@ def _docstring_corpus() -> list[str]:
 
 
 def train_tiny_tokenizer(directory: str | os.PathLike, vocab_size: int = 8000) -> str:
-    """Trains a small sentencepiece unigram model with T5's id layout into DIR/spiece.model (about 1 s).
+    """Trains a small sentencepiece unigram model with T5's ids into DIR/spiece.model (about 1 s).
 
-    pad 0, eos 1, unk 2, no bos, as T5's; `load_tokenizer(DIR)` adds T5's 100 `<extra_id_*>` tokens, so the
-    default gives 8100 ids (`T5Config.tiny().vocab_size`). The corpus is the docstrings of the Python standard
-    library, so it needs no download. Used by the tests, the notebooks and the offline tiny-random model.
+    pad 0, eos 1, unk 2, no bos, as T5's; `load_tokenizer(DIR)` adds T5's 100 `<extra_id_*>` tokens,
+    so the default gives 8100 ids (`T5Config.tiny().vocab_size`). The corpus is the docstrings of
+    the Python standard library, so it needs no download. Used by the tests, the notebooks and the
+    offline tiny-random model.
 
     Returns:
       `directory`, as a string.
@@ -368,9 +427,17 @@ def train_tiny_tokenizer(directory: str | os.PathLike, vocab_size: int = 8000) -
     os.makedirs(directory, exist_ok=True)
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_docstring_corpus()), model_writer=model, vocab_size=vocab_size,
-        model_type="unigram", character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-        num_threads=2, minloglevel=2,
+        sentence_iterator=iter(_docstring_corpus()),
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type="unigram",
+        character_coverage=1.0,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        num_threads=2,
+        minloglevel=2,
     )
     tmp = os.path.join(directory, SPIECE + ".partial")
     with open(tmp, "wb") as f:
@@ -390,9 +457,9 @@ def _transpose(srcs: dict[str, np.ndarray]) -> np.ndarray:
 def hf_conversion_rules(source_keys) -> tuple[list[Any], list[str]]:
     """(rules, ignored patterns) mapping a transformers T5 state dict onto `T5EncoderModel`.
 
-    The token embedding is tied: checkpoints store it as `shared.weight`, `encoder.embed_tokens.weight`, or
-    both; `shared.weight` wins when both are there. The decoder and LM head of a full encoder-decoder
-    checkpoint are ignored.
+    The token embedding is tied: checkpoints store it as `shared.weight`,
+    `encoder.embed_tokens.weight`, or both; `shared.weight` wins when both are there. The decoder
+    and LM head of a full encoder-decoder checkpoint are ignored.
     """
     from audiogen_jax.convert import Rule
 
@@ -406,13 +473,21 @@ def hf_conversion_rules(source_keys) -> tuple[list[Any], list[str]]:
         embed = Rule(r"encoder\.embed_tokens\.weight", "shared.embedding")
     rules = [
         embed,
-        Rule(blk + r"\.0\.SelfAttention\.([qkvo])\.weight", r"encoder.block.\1.layer.0.SelfAttention.\2.kernel",
-             _transpose),
-        Rule(r"encoder\.block\.0\.layer\.0\.SelfAttention\.relative_attention_bias\.weight",
-             "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.embedding"),
+        Rule(
+            blk + r"\.0\.SelfAttention\.([qkvo])\.weight",
+            r"encoder.block.\1.layer.0.SelfAttention.\2.kernel",
+            _transpose,
+        ),
+        Rule(
+            r"encoder\.block\.0\.layer\.0\.SelfAttention\.relative_attention_bias\.weight",
+            "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.embedding",
+        ),
         Rule(blk + r"\.([01])\.layer_norm\.weight", r"encoder.block.\1.layer.\2.layer_norm.weight"),
-        Rule(blk + r"\.1\.DenseReluDense\.(wi|wi_0|wi_1|wo)\.weight",
-             r"encoder.block.\1.layer.1.DenseReluDense.\2.kernel", _transpose),
+        Rule(
+            blk + r"\.1\.DenseReluDense\.(wi|wi_0|wi_1|wo)\.weight",
+            r"encoder.block.\1.layer.1.DenseReluDense.\2.kernel",
+            _transpose,
+        ),
         Rule(r"encoder\.final_layer_norm\.weight", "encoder.final_layer_norm.weight"),
     ]
     return rules, ignore
@@ -428,12 +503,14 @@ def _condition(conditioner: "T5Conditioner", ids_BL: jax.Array, mask_BL: jax.Arr
 
 
 class T5Conditioner(nnx.Module):
-    """T5 hidden states projected to the LM width and zeroed where the mask is 0 (audiocraft `T5Conditioner`).
+    """T5 states projected to the LM width, zeroed where the mask is 0 (audiocraft `T5Conditioner`).
 
     Attributes:
       t5: the frozen `T5EncoderModel`.
-      output_proj: `nnx.Linear(d_model, output_dim)` with bias; its weights come from the LM checkpoint.
-      tokenizer: the T5 tokenizer when loaded with `from_pretrained` (static; not a parameter), else None.
+      output_proj: `nnx.Linear(d_model, output_dim)` with bias; its weights come from the LM
+        checkpoint.
+      tokenizer: the T5 tokenizer when loaded with `from_pretrained` (static; not a parameter),
+        else None.
     """
 
     def __init__(self, cfg: T5Config, output_dim: int, *, rngs: nnx.Rngs, name: str = "t5-large"):
@@ -452,43 +529,62 @@ class T5Conditioner(nnx.Module):
     def __call__(self, ids_BL: jax.Array, mask_BL: jax.Array) -> jax.Array:
         """The condition [B, L, output_dim] = output_proj(t5(ids, mask)) * mask[..., None].
 
-        The mask multiplies after the projection (as the reference), so padded positions and null rows
-        (all-zero mask) are exactly 0, bias included.
+        The mask multiplies after the projection (as the reference), so padded positions and null
+        rows (all-zero mask) are exactly 0, bias included.
         """
         _check_ids_mask(ids_BL, mask_BL, self.config.vocab_size)
         h_BLD = self.t5(ids_BL, mask_BL)
         return self.output_proj(h_BLD) * mask_BL[..., None].astype(jnp.float32)
 
     def encode(self, descriptions: Sequence[str | None]) -> tuple[jax.Array, np.ndarray]:
-        """Tokenizes with `self.tokenizer` and runs the jitted conditioner: (condition_BLD, mask_BL)."""
+        """Tokenizes with `self.tokenizer` and runs the jitted conditioner.
+
+        Returns:
+          (condition_BLD, mask_BL): as `__call__`, and the int32 numpy mask from `tokenize`.
+        """
         if self.tokenizer is None:
-            raise ValueError("this conditioner has no tokenizer; load it with T5Conditioner.from_pretrained, "
-                             "or call tokenize(load_tokenizer(dir), descriptions) and the module yourself")
+            raise ValueError(
+                "this conditioner has no tokenizer; load it with T5Conditioner.from_pretrained, "
+                "or call tokenize(load_tokenizer(dir), descriptions) and the module yourself"
+            )
         ids_BL, mask_BL = tokenize(self.tokenizer, descriptions)
         return _condition(self, jnp.asarray(ids_BL), jnp.asarray(mask_BL)), mask_BL
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, *, with_tokenizer: bool = True) -> "T5Conditioner":
-        """Loads DIR/t5.safetensors (config['t5']), DIR/conditioner.safetensors (config['conditioner'],
-        keys `kernel` [d_model, D] and `bias` [D]) and DIR/tokenizer/."""
+    def from_pretrained(
+        cls, directory: str | os.PathLike, *, with_tokenizer: bool = True
+    ) -> "T5Conditioner":
+        """Loads a converted directory.
+
+        Reads DIR/t5.safetensors (config['t5']), DIR/conditioner.safetensors (config['conditioner'];
+        keys `kernel` [d_model, D] and `bias` [D], written by `convert_lm`) and DIR/tokenizer/.
+        """
         directory = os.fspath(directory)
         cfg = T5Config.from_dict(checkpoint.read_config(directory, "t5"))
         cond = checkpoint.read_config(directory, "conditioner")
         if cond.get("input_dim") != cfg.d_model:
             raise checkpoint.CheckpointError(
-                f"{directory}: config['conditioner'] input_dim {cond.get('input_dim')} != T5 d_model {cfg.d_model}"
+                f"{directory}: config['conditioner'] input_dim {cond.get('input_dim')} != "
+                f"T5 d_model {cfg.d_model}"
             )
         out_dim = int(cond["output_dim"])
-        t5 = checkpoint.load_module(lambda: T5EncoderModel(cfg, rngs=nnx.Rngs(0)),
-                                    os.path.join(directory, checkpoint.WEIGHT_FILES["t5"]))
-        proj = checkpoint.load_module(lambda: nnx.Linear(cfg.d_model, out_dim, use_bias=True, rngs=nnx.Rngs(0)),
-                                      os.path.join(directory, CONDITIONER_FILE))
-        model = nnx.eval_shape(lambda: cls(cfg, out_dim, rngs=nnx.Rngs(0), name=cond.get("name", "t5-large")))
+        t5 = checkpoint.load_module(
+            lambda: T5EncoderModel(cfg, rngs=nnx.Rngs(0)),
+            os.path.join(directory, checkpoint.WEIGHT_FILES["t5"]),
+        )
+        proj = checkpoint.load_module(
+            lambda: nnx.Linear(cfg.d_model, out_dim, use_bias=True, rngs=nnx.Rngs(0)),
+            os.path.join(directory, CONDITIONER_FILE),
+        )
+        model = nnx.eval_shape(
+            lambda: cls(cfg, out_dim, rngs=nnx.Rngs(0), name=cond.get("name", "t5-large"))
+        )
         model.t5, model.output_proj = t5, proj
         if with_tokenizer:
             tokenizer = load_tokenizer(os.path.join(directory, checkpoint.TOKENIZER_DIR))
             if len(tokenizer) > cfg.vocab_size:
                 raise checkpoint.CheckpointError(
-                    f"{directory}: the tokenizer has {len(tokenizer)} ids but T5 has only {cfg.vocab_size}")
+                    f"{directory}: the tokenizer has {len(tokenizer)} ids, T5 only {cfg.vocab_size}"
+                )
             model.tokenizer = tokenizer
         return model
