@@ -59,7 +59,9 @@ def read_config(directory: str | os.PathLike, section: str | None = None) -> dic
 
 
 def _flag(section: str) -> str:
-    return {"compression": "compression", "lm": "lm", "t5": "t5"}.get(section, section)
+    # The conditioner's projection lives in the LM checkpoint, so `--lm` writes it.
+    flags = {"compression": "compression", "lm": "lm", "t5": "t5", "conditioner": "lm"}
+    return flags.get(section, section)
 
 
 def update_config(directory: str | os.PathLike, section: str, values: Mapping[str, Any]) -> None:

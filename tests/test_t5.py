@@ -478,6 +478,16 @@ def test_converted_dir_disagreeing_with_its_config(tiny, tmp_path):
         t5.T5Conditioner.from_pretrained(out)
 
 
+def test_converted_dir_without_conditioner(tiny, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(tiny.out, out)
+    cfg = checkpoint.read_config(out)
+    del cfg["conditioner"]
+    write_json(out / checkpoint.CONFIG_FILE, cfg)
+    with pytest.raises(checkpoint.CheckpointError, match="no 'conditioner'.*--lm"):
+        t5.T5Conditioner.from_pretrained(out)
+
+
 def test_hub_id_offline_is_a_clear_error(tmp_path, monkeypatch):
     import huggingface_hub.constants
 
