@@ -5,7 +5,7 @@
 
 Steps: (1) write a random fp16 `state_dict.bin` in audiocraft's export format (keys and shapes from
 `audiocraft_lm_shapes`, which tests/test_lm.py checks against a real `LMModel` at tiny size); (2) run
-`convert_weights.py --lm` in a child process and read its peak RSS (`ru_maxrss` of the waited-for child);
+`convert_weights.py --lm` in a child process and sample its memory (VmHWM, RssAnon, RssFile);
 (3) optionally (`--load`) load the result with `LMModel.from_pretrained` in another child and report its time and
 peak RSS. The multi-GB files are deleted at the end unless `--keep`.
 """
@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,19 +70,41 @@ def write_random_checkpoint(path: str, cfg: LMConfig, t5_name: str = "t5-large")
     return sum(t.numel() for t in state.values())
 
 
-def run_child(code: str) -> tuple[float, float, str]:
-    """Runs python code in a child; returns (seconds, peak RSS GiB of exactly that child, stdout)."""
+def run_child(code: str) -> tuple[float, dict[str, float], str]:
+    """Runs python code in a child; returns (seconds, peak memory GiB of that child, stdout).
+
+    Peaks, sampled from /proc/PID/status every 50 ms: `hwm` (VmHWM, the peak of all resident pages), `anon`
+    (RssAnon: the
+    process's own heap, what it really holds) and `file` (RssFile: pages of files it maps, e.g. safetensors'
+    mmap, which the kernel can drop).
+    """
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True
     )
-    stdout = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)  # the rusage of this child alone (ru_maxrss in KiB)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    peaks = {"anon": 0.0, "file": 0.0, "hwm": 0.0}
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.append(proc.stdout.read()))
+    reader.start()
+    while proc.poll() is None:
+        try:
+            with open(f"/proc/{proc.pid}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+            for name, key in (("anon", "RssAnon"), ("file", "RssFile"), ("hwm", "VmHWM")):
+                kib = int(fields.get(key, "0 kB").split()[0])
+                peaks[name] = max(peaks[name], kib / 2**20)
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            pass
+        time.sleep(0.05)
+    reader.join()
     dt = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"child failed ({proc.returncode}): {code}")
-    return dt, usage.ru_maxrss / 2**20, stdout
+    return dt, peaks, "".join(out)
+
+
+def _fmt(peak: dict[str, float]) -> str:
+    return f"{peak['hwm']:.2f} GiB (anon {peak['anon']:.2f}, file-backed {peak['file']:.2f})"
 
 
 def main() -> None:
@@ -110,8 +133,8 @@ def main() -> None:
     )
     size = os.path.getsize(os.path.join(out, "lm.safetensors")) / 2**30
     print(
-        f"convert {args.dtype}: {dt:.1f} s, peak RSS {peak:.2f} GiB, lm.safetensors {size:.2f} GiB "
-        f"(peak / output = {peak / size:.2f})"
+        f"convert {args.dtype}: {dt:.1f} s, lm.safetensors {size:.2f} GiB, peak RSS {_fmt(peak)} "
+        f"(VmHWM / output = {peak['hwm'] / size:.2f}, RssAnon / output = {peak['anon'] / size:.2f})"
     )
     if args.load:
         dt, peak, stdout = run_child(
@@ -121,7 +144,7 @@ def main() -> None:
         )
         print(
             f"from_pretrained {args.dtype}: {stdout.strip()} s in-process ({dt:.1f} s with interpreter start), "
-            f"peak RSS {peak:.2f} GiB"
+            f"peak RSS {_fmt(peak)}"
         )
     if not args.keep:
         shutil.rmtree(args.workdir)
