@@ -291,3 +291,16 @@ def test_params_card_check_and_hashable():
     SamplingParams(top_k=250, top_p=0.9).validate(32)  # top_k unused when top_p > 0
     assert hash(SamplingParams(temperature=1)) == hash(SamplingParams(temperature=1.0))
     assert {SamplingParams(): 1}[SamplingParams()] == 1
+
+
+def test_params_from_lm_config():
+    from audiogen_jax.config import LMConfig
+
+    medium = LMConfig.medium()
+    params = SamplingParams.from_lm_config(medium)
+    assert (params.use_sampling, params.top_k, params.top_p, params.temperature,
+            params.cfg_coef) == (medium.use_sampling, medium.top_k, medium.top_p,
+                                 medium.temperature, medium.cfg_coef)
+    assert SamplingParams.from_lm_config(LMConfig.tiny(), top_k=10).top_k == 10
+    with pytest.raises(ValueError, match="exceeds the codebook size 32"):
+        SamplingParams.from_lm_config(LMConfig.tiny())  # its stored top_k=250 > card=32
