@@ -62,8 +62,19 @@ TOKENIZER_FILES = (
 CONDITIONER_FILE = "conditioner.safetensors"
 
 
+# T5 runs in float32 in the reference, and torch's float32 matmuls stay float32 on GPUs; JAX's
+# default there is TF32. Full precision costs little: T5 runs once per generation.
+PRECISION = jax.lax.Precision.HIGHEST
+
+
 def _normal(std: float) -> nnx.Initializer:
     return nnx.initializers.normal(stddev=std)
+
+
+def _linear(d_in: int, d_out: int, std: float | None, rngs: nnx.Rngs, use_bias: bool = False):
+    """nnx.Linear at full float32 precision; `std` None keeps flax's default init."""
+    init = {} if std is None else {"kernel_init": _normal(std)}
+    return nnx.Linear(d_in, d_out, use_bias=use_bias, precision=PRECISION, rngs=rngs, **init)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -138,14 +149,10 @@ class T5Attention(nnx.Module):
         self.num_heads, self.head_dim, self.config = n, h, cfg
         # transformers' initialisation (the 1/sqrt(H) a scaled dot product would apply lives in q's
         # std).
-        self.q = nnx.Linear(
-            d, n * h, use_bias=False, kernel_init=_normal((d * h) ** -0.5), rngs=rngs
-        )
-        self.k = nnx.Linear(d, n * h, use_bias=False, kernel_init=_normal(d**-0.5), rngs=rngs)
-        self.v = nnx.Linear(d, n * h, use_bias=False, kernel_init=_normal(d**-0.5), rngs=rngs)
-        self.o = nnx.Linear(
-            n * h, d, use_bias=False, kernel_init=_normal((n * h) ** -0.5), rngs=rngs
-        )
+        self.q = _linear(d, n * h, (d * h) ** -0.5, rngs)
+        self.k = _linear(d, n * h, d**-0.5, rngs)
+        self.v = _linear(d, n * h, d**-0.5, rngs)
+        self.o = _linear(n * h, d, (n * h) ** -0.5, rngs)
         self.relative_attention_bias = (
             nnx.Embed(
                 cfg.relative_attention_num_buckets, n, embedding_init=_normal(d**-0.5), rngs=rngs
@@ -169,14 +176,16 @@ class T5Attention(nnx.Module):
         split = lambda t: t.reshape(b, length, self.num_heads, self.head_dim)  # noqa: E731
         q_BLNH, k_BLNH, v_BLNH = split(self.q(x_BLD)), split(self.k(x_BLD)), split(self.v(x_BLD))
         # Second 'L' of the score tensor: the key position, written M in the einsums.
-        scores_BNLM = jnp.einsum("BLNH,BMNH->BNLM", q_BLNH, k_BLNH) + bias_NLL[None]
+        scores_BNLM = (
+            jnp.einsum("BLNH,BMNH->BNLM", q_BLNH, k_BLNH, precision=PRECISION) + bias_NLL[None]
+        )
         # A large finite negative, as transformers: a row with every key masked (a null description)
         # stays finite (a uniform average), and the conditioner's mask then zeroes it. -inf would
         # give NaN.
         neg = jnp.finfo(jnp.float32).min
         scores_BNLM = scores_BNLM + jnp.where(mask_BL[:, None, None, :] > 0, 0.0, neg)
         probs_BNLM = jax.nn.softmax(scores_BNLM.astype(jnp.float32), axis=-1)
-        out_BLNH = jnp.einsum("BNLM,BMNH->BLNH", probs_BNLM, v_BLNH)
+        out_BLNH = jnp.einsum("BNLM,BMNH->BLNH", probs_BNLM, v_BLNH, precision=PRECISION)
         return self.o(out_BLNH.reshape(b, length, -1)), probs_BNLM
 
 
@@ -197,8 +206,8 @@ class T5DenseActDense(nnx.Module):
 
     def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
         d, f = cfg.d_model, cfg.d_ff
-        self.wi = nnx.Linear(d, f, use_bias=False, kernel_init=_normal(d**-0.5), rngs=rngs)
-        self.wo = nnx.Linear(f, d, use_bias=False, kernel_init=_normal(f**-0.5), rngs=rngs)
+        self.wi = _linear(d, f, d**-0.5, rngs)
+        self.wo = _linear(f, d, f**-0.5, rngs)
 
     def __call__(self, x_BLD):
         return self.wo(jax.nn.relu(self.wi(x_BLD)))
@@ -209,9 +218,9 @@ class T5DenseGatedActDense(nnx.Module):
 
     def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
         d, f = cfg.d_model, cfg.d_ff
-        self.wi_0 = nnx.Linear(d, f, use_bias=False, kernel_init=_normal(d**-0.5), rngs=rngs)
-        self.wi_1 = nnx.Linear(d, f, use_bias=False, kernel_init=_normal(d**-0.5), rngs=rngs)
-        self.wo = nnx.Linear(f, d, use_bias=False, kernel_init=_normal(f**-0.5), rngs=rngs)
+        self.wi_0 = _linear(d, f, d**-0.5, rngs)
+        self.wi_1 = _linear(d, f, d**-0.5, rngs)
+        self.wo = _linear(f, d, f**-0.5, rngs)
 
     def __call__(self, x_BLD):
         return self.wo(jax.nn.gelu(self.wi_0(x_BLD), approximate=True) * self.wi_1(x_BLD))
@@ -519,7 +528,7 @@ class T5Conditioner(nnx.Module):
         self.config = cfg
         self.name = name
         self.t5 = T5EncoderModel(cfg, rngs=rngs)
-        self.output_proj = nnx.Linear(cfg.d_model, output_dim, use_bias=True, rngs=rngs)
+        self.output_proj = _linear(cfg.d_model, output_dim, None, rngs, use_bias=True)
         self.tokenizer = None
 
     @property
@@ -573,7 +582,7 @@ class T5Conditioner(nnx.Module):
             os.path.join(directory, checkpoint.WEIGHT_FILES["t5"]),
         )
         proj = checkpoint.load_module(
-            lambda: nnx.Linear(cfg.d_model, out_dim, use_bias=True, rngs=nnx.Rngs(0)),
+            lambda: _linear(cfg.d_model, out_dim, None, nnx.Rngs(0), use_bias=True),
             os.path.join(directory, CONDITIONER_FILE),
         )
         model = nnx.eval_shape(
