@@ -188,6 +188,7 @@ class AudioGen:
 
     def __init__(self, name: str, compression_model, lm, conditioner, tokenizer):
         self.name = name
+        self.directory: str | None = None  # the converted directory, when loaded from one
         self.compression_model = compression_model
         self.lm = lm
         self.conditioner = conditioner
@@ -228,11 +229,21 @@ class AudioGen:
         from audiogen_jax.lm import LMModel
 
         directory = resolve(name_or_dir, cache_dir)
-        codec = EncodecModel.from_pretrained(directory)
-        lm = LMModel.from_pretrained(directory, dtype=dtype)
-        conditioner = t5.T5Conditioner.from_pretrained(directory, with_tokenizer=False)
-        tokenizer = t5.load_tokenizer(directory)
-        return cls(os.fspath(name_or_dir), codec, lm, conditioner, tokenizer)
+        try:
+            codec = EncodecModel.from_pretrained(directory)
+            lm = LMModel.from_pretrained(directory, dtype=dtype)
+            conditioner = t5.T5Conditioner.from_pretrained(directory, with_tokenizer=False)
+            tokenizer = t5.load_tokenizer(directory)
+        except checkpoint.CheckpointError:
+            raise
+        except (ValueError, OSError, KeyError) as e:  # e.g. a truncated file's unreadable header
+            raise checkpoint.CheckpointError(
+                f"{directory}: the converted model could not be loaded ({type(e).__name__}: {e}); "
+                "it looks incomplete or corrupt: convert it again (`audiogen-jax convert ... --out DIR`)"
+            ) from e
+        model = cls(os.fspath(name_or_dir), codec, lm, conditioner, tokenizer)
+        model.directory = directory
+        return model
 
     # -- properties ------------------------------------------------------------------------------
 
