@@ -36,7 +36,7 @@ import functools
 import logging
 import math
 import os
-import tempfile
+import uuid
 from pathlib import Path
 
 import jax
@@ -282,19 +282,21 @@ def audio_write(stem_name: str | os.PathLike, wav, sample_rate: int, format: str
                           sample_rate=sample_rate, stem_name=str(stem_name))
     path = Path(str(stem_name) + (f".{format}" if add_suffix else ""))
     container, subtype = FORMATS[format]
+    # A hidden temporary name next to the target, renamed over it only once fully written.
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
     try:
         if make_parent_dir:
             path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        f = open(tmp, "xb")  # noqa: SIM115 - closed by the `with` below
     except OSError as e:
-        raise OSError(f"cannot write {path}: its directory is not writable ({e})") from e
+        raise OSError(f"cannot write {path}: cannot create a file in {path.parent} ({e})") from e
     try:
-        with os.fdopen(fd, "wb") as f:
+        with f:
             soundfile.write(f, _to_pcm(wav, format), sample_rate, subtype=subtype,
                             format=container)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 

@@ -8,6 +8,7 @@ Every tolerance below is a measured number; see docs/parity.md, "Sampling and au
 from __future__ import annotations
 
 import math
+import os
 
 import jax.numpy as jnp
 import numpy as np
@@ -289,6 +290,9 @@ def test_audio_write_paths_and_inputs(tmp_path):
     path = audio_write(tmp_path / "raw", np.asarray(x), 16000, format="flac", add_suffix=False)
     assert path == tmp_path / "raw" and soundfile.info(path).format == "FLAC"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "raw"]  # no temporary left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # an ordinary file, not a 0600 temp
 
 
 @pytest.mark.parametrize(
@@ -313,9 +317,9 @@ def test_audio_write_rejects_bad_input(tmp_path, wav, kwargs, message):
 def test_audio_write_unwritable_directory(tmp_path):
     blocker = tmp_path / "not_a_dir"
     blocker.write_text("")
-    with pytest.raises(OSError, match="not writable"):
+    with pytest.raises(OSError, match="cannot create a file in"):
         audio_write(blocker / "clip", np.zeros(100, np.float32), 16000)
-    with pytest.raises(OSError, match="not writable"):
+    with pytest.raises(OSError, match="cannot create a file in"):
         audio_write(blocker / "sub" / "clip", np.zeros(100, np.float32), 16000)
 
 
