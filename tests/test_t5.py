@@ -488,6 +488,35 @@ def test_converted_dir_without_conditioner(tiny, tmp_path):
         t5.T5Conditioner.from_pretrained(out)
 
 
+def test_hub_download_of_a_sharded_checkpoint(tiny, spiece_dir, tmp_path, monkeypatch):
+    """A hub id: fetches config, index, encoder shards, tokenizer; converts to the same weights."""
+    import huggingface_hub
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    hub = tmp_path / "hub"
+    random_hf_t5(tiny.cfg, CASES["tiny"][3]).save_pretrained(hub, max_shard_size="300KB")
+    shutil.copy(os.path.join(spiece_dir, t5.SPIECE), hub)
+    fetched = []
+
+    def fake_download(repo_id, filename, **kwargs):
+        assert repo_id == "someone/t5-tiny"
+        if not (hub / filename).is_file():
+            err = RemoteEntryNotFoundError.__new__(RemoteEntryNotFoundError)
+            Exception.__init__(err, f"404 {filename}")
+            raise err
+        fetched.append(filename)
+        return str(hub / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    convert_t5("someone/t5-tiny", tmp_path / "out")
+    shards = sorted(p.name for p in hub.glob("model-*.safetensors"))
+    assert len(shards) > 1
+    assert sorted(fetched) == sorted(
+        ["config.json", t5.SPIECE, "model.safetensors.index.json", *shards]
+    )
+    _assert_same_weights(tmp_path / "out/t5.safetensors", os.path.join(tiny.out, "t5.safetensors"))
+
+
 def test_hub_id_offline_is_a_clear_error(tmp_path, monkeypatch):
     import huggingface_hub.constants
 
