@@ -78,15 +78,18 @@ def xp_cfg_yaml(cfg: EncodecConfig, renormalize: bool = False) -> str:
     return _XP_CFG.format(renormalize=str(renormalize).lower(), **d)
 
 
-def build_reference(cfg: EncodecConfig, seed: int = 0, probe_seconds: float = 4.0):
+def build_reference(
+    cfg: EncodecConfig, seed: int = 0, probe_seconds: float = 4.0, jitter: float = 1.0
+):
     """A random-weight audiocraft `EncodecModel` for `cfg`, in eval mode.
 
     Weight norm is on (as in the release) and every `weight_g` is scaled by a random factor, so the
     effective weights differ from `weight_v` and the converter's fold is really exercised; biases are
     random too. A fresh k-means RVQ is all zeros with `inited=0`, so the codebooks are filled the way
     k-means starts: stage by stage, with random frames of the residual the previous stages leave on a
-    probe signal (noise and tones), plus jitter of 30% of the residual's spread. Codes then spread over
-    the codebook and each stage removes energy, as in a trained codec (and near-ties do occur).
+    probe signal (noise and tones), plus Gaussian jitter of `jitter` times the residual's spread per
+    dimension. Codes then spread over the codebook and each stage removes energy, as in a trained
+    codec (and near-ties do occur: see `near_tie_gaps`).
     """
     import torch
     from audiocraft.models.encodec import EncodecModel
@@ -153,8 +156,8 @@ def build_reference(cfg: EncodecConfig, seed: int = 0, probe_seconds: float = 4.
         residual = model.encoder(probe).transpose(1, 2).reshape(-1, cfg.dimension)
         for layer in model.quantizer.vq.layers:
             pick = torch.randint(0, residual.shape[0], (cfg.bins,), generator=gen)
-            jitter = 0.3 * residual.std(0) * torch.randn(cfg.bins, cfg.dimension, generator=gen)
-            layer._codebook.embed.copy_(residual[pick] + jitter)
+            noise = jitter * residual.std(0) * torch.randn(cfg.bins, cfg.dimension, generator=gen)
+            layer._codebook.embed.copy_(residual[pick] + noise)
             layer._codebook.inited.fill_(1.0)
             residual = residual - layer.decode(layer.encode(residual[None].transpose(1, 2)))[0].T
     return model
@@ -167,3 +170,28 @@ def save_reference(
     from refutil import save_audiocraft_package
 
     save_audiocraft_package(path, model.state_dict(), xp_cfg_yaml(cfg, renormalize=renormalize))
+
+
+def near_tie_gaps(model, wav):
+    """The reference's own margin per (frame, stage): how close the runner-up codeword came.
+
+    Returns [B, K, T] = (second-best minus best distance) / (|residual|^2 + |best codeword|^2), the
+    gap in units of the magnitude of the terms the expanded distance formula cancels. float32 rounds
+    those terms at ~6e-8 of that scale, so a gap below ~1e-6 is decided by rounding (summation order
+    in the matmul), not by the model: two correct implementations may pick either codeword there.
+    """
+    import torch
+
+    with torch.no_grad():
+        emb = model.encoder(torch.as_tensor(wav))
+        B, D, T = emb.shape
+        residual = emb.transpose(1, 2).reshape(-1, D)
+        gaps = []
+        for layer in model.quantizer.vq.layers:
+            E = layer._codebook.embed
+            dist = residual.pow(2).sum(1, keepdim=True) - 2 * residual @ E.T + E.pow(2).sum(1)[None]
+            top2 = dist.topk(2, largest=False)
+            scale = residual.pow(2).sum(1) + E[top2.indices[:, 0]].pow(2).sum(1)
+            gaps.append((top2.values[:, 1] - top2.values[:, 0]) / scale)
+            residual = residual - E[dist.argmin(1)]
+    return torch.stack(gaps, 1).reshape(B, T, -1).transpose(1, 2).numpy()
