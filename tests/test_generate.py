@@ -1,5 +1,5 @@
 """Generation: the scan loop against a literal transcription of the reference loop, bucketing, seeds, the
-sliding window, progress; and greedy token parity with audiocraft (tiny and medium widths).
+progress; and greedy token parity with audiocraft (tiny and medium widths).
 
 Parity runs the whole chain a user runs: the reference AudioGen is built with random weights, saved in the
 release formats (LM fp16 like `state_dict.bin`, EnCodec fp32, a Hugging Face T5 directory), converted with
@@ -24,9 +24,9 @@ from audiogen_jax.config import LMConfig
 
 GREEDY = sampling.SamplingParams(use_sampling=False, cfg_coef=3.0)
 DESCRIPTIONS = ["dog barking", "sirens of an emergency vehicle in a busy city street", "rain"]
-# Decoded audio, ours vs the reference's EnCodec on the same codes: max |diff| measured 4.5e-8 (tiny) and
-# 1.5e-6 (medium widths) with peaks of 0.14 and 0.6; see docs/parity.md (## Generation).
-WAV_ATOL = 2e-5
+# Decoded audio, ours vs the reference's EnCodec on the same codes: max |diff| measured 4.5e-8 (tiny, peak
+# 0.14) and 2.2e-7 (medium widths, peak 0.29); see docs/parity.md (## Generation).
+WAV_ATOL = 1e-6
 
 
 class TableConditioner(nnx.Module):
@@ -74,7 +74,7 @@ def literal_greedy(lm, cond, ids, mask, T, prompt=None, coef=3.0):
     return patterns.revert_delayed(seq, cfg.delays, T)
 
 
-@pytest.mark.parametrize("T, T0, bucket", [(13, 0, None), (13, 5, 4), (11, 3, 8)])
+@pytest.mark.parametrize("T, T0, bucket", [(13, 0, None), (11, 5, 4)])
 def test_greedy_equals_the_literal_reference_loop(tiny, T, T0, bucket):
     lm, cond, ids, mask = tiny
     prompt = np.random.default_rng(T0).integers(0, lm.config.card, (2, 4, T0)) if T0 else None
@@ -142,27 +142,6 @@ def test_progress_reports_every_step_and_changes_nothing(tiny, monkeypatch):
     np.testing.assert_array_equal(quiet, loud)
     # S - start steps: (10 + 3 + 1) - (3 + 1).
     assert totals == [10] and sorted(seen) == list(range(10))
-
-
-def literal_windows(lm, cond, ids, mask, T, max_frames, stride, prompt=None):
-    """The reference's `BaseGenModel._generate_tokens` beyond max_duration, in frames."""
-    pieces = [] if prompt is None else [prompt]
-    offset, plen = 0, 0 if prompt is None else prompt.shape[-1]
-    while offset + plen < T:
-        length = min(T - offset, max_frames)
-        codes = literal_greedy(lm, cond, ids, mask, length, prompt)
-        pieces.append(codes if prompt is None else codes[..., prompt.shape[-1]:])
-        prompt = codes[..., stride:]
-        plen = prompt.shape[-1]
-        offset += stride
-    return np.concatenate(pieces, -1)
-
-
-def test_sliding_window_beyond_max_frames(tiny):
-    lm, cond, ids, mask = tiny
-    ours = gen.generate_codes(lm, cond, ids, mask, 23, key=jax.random.key(0), params=GREEDY,
-                              max_frames=12, stride_frames=5, frame_bucket=4)
-    np.testing.assert_array_equal(ours, literal_windows(lm, cond, ids, mask, 23, 12, 5))
 
 
 @pytest.mark.parametrize(
