@@ -764,7 +764,8 @@ def convert_lm(src: str | os.PathLike, out_dir: str | os.PathLike, dtype: str = 
     """
     from flax import nnx
 
-    from audiogen_jax import checkpoint, lm as lm_lib
+    from audiogen_jax import checkpoint
+    from audiogen_jax import lm as lm_lib
 
     if dtype not in ("float32", "bfloat16"):
         raise ConversionError(f"LM dtype must be float32 or bfloat16, got {dtype!r}")
@@ -782,7 +783,17 @@ def convert_lm(src: str | os.PathLike, out_dir: str | os.PathLike, dtype: str = 
     rules = lm_lib.conversion_rules(np_dtype)
     ignore = [re.escape(proj_w), re.escape(proj_b)]
     os.makedirs(out_dir, exist_ok=True)
-    plan_conversion(pkg.state.keys(), rules, expected, ignore)  # every key problem, before writing anything
+    # Every key and shape problem, before reading or writing any tensor data: the rules run on zero-stride
+    # stand-ins of the source shapes (no memory), so a bad full-size checkpoint fails in seconds.
+    misshaped = []
+    for g in plan_conversion(pkg.state.keys(), rules, expected, ignore):
+        stand_ins = {k: np.broadcast_to(np.float32(0), shape_of(pkg.state[k])) for k in g.sources}
+        outs = g.rule.fn(stand_ins)
+        for name, arr in zip(g.targets, outs if isinstance(outs, tuple) else (outs,), strict=True):
+            if tuple(arr.shape) != tuple(expected[name]):
+                misshaped.append(f"{name}: checkpoint gives {tuple(arr.shape)}, config wants {expected[name]}")
+    if misshaped:
+        raise ConversionError(f"{src}: checkpoint shapes disagree with its config:\n  " + "\n  ".join(misshaped))
     write_converted(
         os.path.join(out_dir, "lm.safetensors"),
         convert_state(pkg.state, rules, expected, ignore, dtype=np_dtype),

@@ -161,6 +161,15 @@ def test_bf16_round_trip_and_layout(tiny, tmp_path):
     loaded = lm_lib.LMModel.from_pretrained(tmp_path)  # keeps the file's dtype
     assert loaded.dtype == jnp.bfloat16
     np.testing.assert_array_equal(lm_lib.forward(loaded, seq, cond), lm_lib.forward(bf, seq, cond))
+    # a weights file that disagrees with its config: one error naming every problem
+    bigger = LMConfig.from_dict({**cfg.to_dict(), "num_layers": 3, "card": 40})
+    checkpoint.update_config(tmp_path / "bad", "lm", bigger.to_dict())
+    os.replace(tmp_path / "lm.safetensors", tmp_path / "bad" / "lm.safetensors")
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        lm_lib.LMModel.from_pretrained(tmp_path / "bad")
+    msg = str(e.value)
+    assert "transformer.layers.2.linear1.kernel" in msg and "emb.0.embedding" in msg
+    os.replace(tmp_path / "bad" / "lm.safetensors", tmp_path / "lm.safetensors")
     up = lm_lib.LMModel.from_pretrained(tmp_path, dtype=jnp.float32)
     assert up.dtype == jnp.float32 and up.linears[0].layout == "in_out"
     assert rel_err(lm_lib.forward(up, seq, cond), ref) < TOL_BF16
