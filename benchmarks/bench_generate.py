@@ -27,8 +27,10 @@ Timing method:
     compile time ("compile", jit compilation + tracing of the whole program: T5, the LM scan, EnCodec).
     The reference first runs a short generation (2 frames) to warm torch up.
   - total: wall time of the timed `generate` call (text -> audio, EnCodec decode included).
-  - peak RSS: VmHWM of the child over its whole life (weights loading included) and, separately, during
-    the timed generation only (the kernel's high-water mark is reset just before it: `clear_refs` 5).
+  - peak RSS: the child's VmHWM over its whole life (weights loading included); run RSS: the high-water
+    mark during the timed generation only (reset just before it with `clear_refs` 5, as reference-setup.md
+    §5 measured the reference); weights: the bytes of every weight the child holds (LM in its dtype, T5
+    and EnCodec in float32).
   - floor: the weight bytes one step must read divided by the measured bandwidth. The reference reads
     every LM weight but the embedding tables each step (it recomputes the text's cross-attention keys/values
     every step); audiogen-jax computes those once, so its floor leaves out the cross-attention k/v
@@ -79,18 +81,32 @@ def bundle_for(tiny: bool):
 # Process measurements.
 
 
-def reset_peak_rss() -> None:
-    """Resets this process's VmHWM to its current RSS (Linux: /proc/self/clear_refs, value 5)."""
-    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+_LIFE_PEAK = [0.0]  # VmHWM seen before each reset: the peak over the whole process life
 
 
 def peak_rss_gib() -> float:
+    """VmHWM: the peak resident set since the process started or since the last `reset_peak_rss`."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024 / GIB
+                peak = int(line.split()[1]) * 1024 / GIB
+                _LIFE_PEAK[0] = max(_LIFE_PEAK[0], peak)
+                return peak
     return float("nan")
+
+
+def life_peak_rss_gib() -> float:
+    return max(_LIFE_PEAK[0], peak_rss_gib())
+
+
+def reset_peak_rss() -> None:
+    """Resets VmHWM to the current RSS (Linux: /proc/self/clear_refs, value 5); the life peak is kept.
+
+    This also resets the child's `ru_maxrss`, so the parent cannot use that for the life peak.
+    """
+    peak_rss_gib()
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def load_average() -> float:
@@ -147,7 +163,18 @@ def run_reference(args, files, bundle) -> dict:
     torch.manual_seed(0)
     t0 = time.perf_counter()
     model = reference_audiogen(files, bundle, lm_dtype=args.dtype)
-    out = {"load_s": time.perf_counter() - t0, "rss_after_load_gib": peak_rss_gib(), "runs": []}
+    tensors = [
+        *model.lm.parameters(),
+        *model.lm.buffers(),
+        *model.compression_model.state_dict().values(),
+        *model.lm.condition_provider.conditioners["description"].t5.state_dict().values(),
+    ]
+    out = {
+        "load_s": time.perf_counter() - t0,
+        "rss_after_load_gib": peak_rss_gib(),
+        "runs": [],
+        "weights_gib": sum(t.numel() * t.element_size() for t in tensors) / GIB,
+    }
     top_k = min(250, bundle.lm.card)
     frame_rate = model.frame_rate
     for batch in args.batch:
@@ -218,6 +245,7 @@ def jax_step_clock(stamps: list[float]):
 def run_jax(args, directory, bundle) -> dict:
     import jax
     import numpy as np
+    from flax import nnx
 
     from audiogen_jax.audiogen import AudioGen
 
@@ -229,6 +257,12 @@ def run_jax(args, directory, bundle) -> dict:
         "rss_after_load_gib": peak_rss_gib(),
         "runs": [],
         "lm_dtype": str(model.lm.dtype),
+        "weights_gib": sum(
+            x.nbytes
+            for part in (model.lm, model.conditioner, model.compression_model)
+            for x in jax.tree.leaves(nnx.state(part))
+        )
+        / GIB,
     }
     top_k = min(250, bundle.lm.card)
     model.set_generation_params(
@@ -281,7 +315,7 @@ def child_main(args) -> None:
         result = run_reference(args, files, bundle)
     else:
         result = run_jax(args, os.path.join(args.workdir, args.dtype), bundle)
-    result["peak_rss_gib"] = peak_rss_gib()
+    result["peak_rss_gib"] = life_peak_rss_gib()
     with open(args.result, "w") as f:
         json.dump(result, f)
 
@@ -341,52 +375,38 @@ def weights_gib(directory: str) -> float:
 
 
 def table(report: dict) -> str:
+    """The side-by-side markdown table (ratios: s/step over the reference's, the floor's, batch 1's)."""
     rows = report["results"]
-    ref = {
-        (r["dtype"], run["batch"]): run["s_per_step"]
-        for r in rows
-        if r["impl"] == "reference"
-        for run in r["runs"]
+    step = {
+        (r["impl"], r["dtype"], run["batch"]): run["s_per_step"] for r in rows for run in r["runs"]
     }
+    fmt = lambda x, p=3: "-" if x is None else f"{x:.{p}g}"
+    ratio = lambda a, b: fmt(a / b) if a and b else "-"
     head = [
         "impl",
         "dtype",
         "B",
         "s/step",
-        "vs ref",
-        "vs ref fp32",
-        "floor s",
-        "x floor",
-        "total s",
-        "compile s",
-        "peak RSS",
-        "run RSS",
-        "load",
+        "vs-ref",
+        "vs-ref-fp32",
+        "vs-B=1",
+        "floor-s",
+        "x-floor",
+        "total-s",
+        "compile-s",
     ]
+    head += ["peak RSS GiB", "run RSS GiB", "weights GiB", "load avg"]
     lines = [head]
-    fmt = lambda x, p=3: "-" if x is None else f"{x:.{p}g}"
     for r in rows:
         for run in r["runs"]:
-            s = run["s_per_step"]
-            same = ref.get((r["dtype"], run["batch"]))
-            fp32 = ref.get(("float32", run["batch"]))
-            lines.append(
-                [
-                    "reference" if r["impl"] == "reference" else "audiogen-jax",
-                    r["dtype"],
-                    str(run["batch"]),
-                    fmt(s),
-                    fmt(s / same if same and s else None),
-                    fmt(s / fp32 if fp32 and s else None),
-                    fmt(run["floor_s"]),
-                    fmt(s / run["floor_s"] if s else None),
-                    fmt(run["total_s"]),
-                    fmt(run.get("compile_s")),
-                    f"{r['peak_rss_gib']:.2f} GiB",
-                    f"{run['run_peak_rss_gib']:.2f} GiB",
-                    f"{run['load_avg']:.1f}",
-                ]
-            )
+            s, b = run["s_per_step"], run["batch"]
+            lines.append([
+                "reference" if r["impl"] == "reference" else "audiogen-jax", r["dtype"], str(b), fmt(s),
+                ratio(s, step.get(("reference", r["dtype"], b))), ratio(s, step.get(("reference", "float32", b))),
+                ratio(s, step.get((r["impl"], r["dtype"], 1))), fmt(run["floor_s"]), ratio(s, run["floor_s"]),
+                fmt(run["total_s"]), fmt(run.get("compile_s")), f"{r['peak_rss_gib']:.2f}",
+                f"{run['run_peak_rss_gib']:.2f}", f"{r['weights_gib']:.2f}", f"{run['load_avg']:.1f}",
+            ])  # fmt: skip
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     out = ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |" for line in lines]
     out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
