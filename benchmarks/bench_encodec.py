@@ -8,6 +8,9 @@ Builds the reference with random weights, writes it in the real checkpoint forma
 `convert_weights`, loads it with `EncodecModel.from_pretrained`, checks that both give the same codes,
 then times both sides in one process: JAX after its jit warm-up (compile time reported apart), the
 reference after one warm-up call; each timing is the best of `--repeats` runs, fp32, batch 1.
+Wall time and process CPU time (all threads) are both reported: on a shared machine the CPU time is
+the steadier measure of work. For a single-threaded comparison run with `--threads 1` and
+`XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"`.
 """
 
 from __future__ import annotations
@@ -30,13 +33,15 @@ from audiogen_jax.config import EncodecConfig
 from audiogen_jax.encodec import EncodecModel
 
 
-def _best(fn, repeats: int) -> float:
-    times = []
+def _best(fn, repeats: int) -> tuple[float, float]:
+    """Best wall time and best process CPU time (all threads) over `repeats` calls."""
+    walls, cpus = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return min(walls), min(cpus)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -78,14 +83,14 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     jax.block_until_ready(model.decode(codes))
     dec_first = time.perf_counter() - t0
-    jax_enc = _best(lambda: jax.block_until_ready(model.encode(wav)), args.repeats)
-    jax_dec = _best(lambda: jax.block_until_ready(model.decode(codes)), args.repeats)
+    jax_enc, jax_enc_cpu = _best(lambda: jax.block_until_ready(model.encode(wav)), args.repeats)
+    jax_dec, jax_dec_cpu = _best(lambda: jax.block_until_ready(model.decode(codes)), args.repeats)
 
     with torch.no_grad():
         ref_codes = ref.encode(wav_t)[0]
         ref.decode(ref_codes)
-        ref_enc = _best(lambda: ref.encode(wav_t), args.repeats)
-        ref_dec = _best(lambda: ref.decode(ref_codes), args.repeats)
+        ref_enc, ref_enc_cpu = _best(lambda: ref.encode(wav_t), args.repeats)
+        ref_dec, ref_dec_cpu = _best(lambda: ref.decode(ref_codes), args.repeats)
     same = float((np.asarray(codes) == ref_codes.numpy()).mean())
 
     results = {
@@ -101,12 +106,17 @@ def main(argv: list[str] | None = None) -> dict:
         "ref_decode_s": ref_dec,
         "encode_ratio_jax_over_ref": jax_enc / ref_enc,
         "decode_ratio_jax_over_ref": jax_dec / ref_dec,
+        "jax_encode_cpu_s": jax_enc_cpu,
+        "jax_decode_cpu_s": jax_dec_cpu,
+        "ref_encode_cpu_s": ref_enc_cpu,
+        "ref_decode_cpu_s": ref_dec_cpu,
         "encode_rtf_jax": jax_enc / seconds,
         "decode_rtf_jax": jax_dec / seconds,
         "encode_rtf_ref": ref_enc / seconds,
         "decode_rtf_ref": ref_dec / seconds,
         "repeats": args.repeats,
         "torch_threads": args.threads,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "jax": jax.__version__,
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
@@ -117,11 +127,22 @@ def main(argv: list[str] | None = None) -> dict:
         f"EnCodec {results['config']}: {seconds:g} s of audio, {results['frames']} frames, batch 1, fp32"
     )
     print(f"codes identical to the reference: {same:.4f}")
-    print(f"{'':8} {'jax (s)':>9} {'ref (s)':>9} {'jax/ref':>8} {'jax RTF':>8} {'compile (s)':>12}")
+    head = [
+        "jax (s)",
+        "ref (s)",
+        "jax/ref",
+        "jax RTF",
+        "compile (s)",
+        "jax cpu",
+        "ref cpu",
+        "cpu ratio",
+    ]
+    print(f"{'':8}" + "".join(f"{h:>12}" for h in head))
     for name in ("encode", "decode"):
         j, r = results[f"jax_{name}_s"], results[f"ref_{name}_s"]
-        c = results[f"jax_{name}_compile_s"]
-        print(f"{name:8} {j:9.3f} {r:9.3f} {j / r:8.2f} {j / seconds:8.3f} {c:12.2f}")
+        jc, rc = results[f"jax_{name}_cpu_s"], results[f"ref_{name}_cpu_s"]
+        row = [j, r, j / r, j / seconds, results[f"jax_{name}_compile_s"], jc, rc, jc / rc]
+        print(f"{name:8}" + "".join(f"{v:12.3f}" for v in row))
     print(f"(best of {args.repeats}; 1-min load average {results['load_avg_1min']:.2f})")
     if args.json:
         with open(args.json, "w") as f:
