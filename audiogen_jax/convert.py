@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from audiogen_jax.config import LMConfig
+
 # torch storage class name -> numpy dtype. bfloat16 comes from ml_dtypes (a jax dependency).
 _STORAGE_DTYPES = {
     "FloatStorage": np.dtype("float32"),
@@ -755,6 +757,201 @@ def convert_compression(src: str | os.PathLike, out_dir: str | os.PathLike) -> N
     )
     checkpoint.update_config(out_dir, "compression", cfg.to_dict())
 
+
+# --------------------------------------------------------------------------------------------------
+# The transformer LM (audiocraft `LMModel` exports): config reading and key mapping for `convert_lm`.
+
+# audiocraft `T5Conditioner.MODELS_DIMS`: the text encoder's width, by name.
+LM_T5_DIMS = {
+    "t5-small": 512,
+    "t5-base": 768,
+    "t5-large": 1024,
+    "t5-3b": 1024,
+    "t5-11b": 1024,
+    "google/flan-t5-small": 512,
+    "google/flan-t5-base": 768,
+    "google/flan-t5-large": 1024,
+    "google/flan-t5-3b": 1024,
+    "google/flan-t5-11b": 1024,
+}
+LM_OUTPUT_PROJ = "condition_provider.conditioners.description.output_proj"
+# Keys audiocraft's `load_lm_model` deletes from old configs before building the model.
+_LM_OBSOLETE_KEYS = (
+    "conditioners.self_wav.chroma_stem.cache_path",
+    "conditioners.args.merge_text_conditions_p",
+    "conditioners.args.drop_desc_p",
+)
+
+
+def lm_config_from_audiocraft(
+    xp: YamlConfig, output_proj_shape: tuple[int, ...] | None
+) -> tuple[LMConfig, dict]:
+    """Reads an audiocraft `xp.cfg` into an `LMConfig` and the conditioner section of config.json.
+
+    Raises one ValueError listing every setting this port does not implement.
+
+    Args:
+      xp: the checkpoint's training config.
+      output_proj_shape: shape of the T5 output projection weight [D, C] in the checkpoint, if present.
+
+    Returns:
+      (LMConfig, {"input_dim": C, "output_dim": D, "name": t5 name}).
+    """
+    for dotted in _LM_OBSOLETE_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = xp.tree
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+
+    def tl(key, default=None):
+        return xp.get(f"transformer_lm.{key}", default)
+
+    problems = []
+
+    def want(what, value, ok):
+        if not ok:
+            problems.append(f"{what} = {value!r}")
+
+    lm_model = xp.get("lm_model", "transformer_lm")
+    want("lm_model (only 'transformer_lm')", lm_model, lm_model == "transformer_lm")
+    want(
+        "transformer_lm.norm (only 'layer_norm')",
+        tl("norm", "layer_norm"),
+        tl("norm", "layer_norm") == "layer_norm",
+    )
+    want(
+        "transformer_lm.norm_first (only true: pre-norm)",
+        tl("norm_first", False),
+        tl("norm_first", False) is True,
+    )
+    pos = tl("positional_embedding", "sin")
+    want("transformer_lm.positional_embedding (only 'sin')", pos, pos == "sin")
+    act = tl("activation", "gelu")
+    want("transformer_lm.activation (only 'gelu')", act, act == "gelu")
+    for key in ("qk_layer_norm", "qk_layer_norm_cross"):
+        want(f"transformer_lm.{key} (only false)", tl(key, False), not tl(key, False))
+    want("transformer_lm.layer_scale (only null)", tl("layer_scale"), tl("layer_scale") is None)
+    want("transformer_lm.kv_repeat (only 1)", tl("kv_repeat", 1), tl("kv_repeat", 1) == 1)
+    want("transformer_lm.past_context (only null)", tl("past_context"), tl("past_context") is None)
+    want("transformer_lm.causal (only true)", tl("causal", False), tl("causal", False) is True)
+    # The builder forces cross-attention on when the fuser routes a condition to it.
+    fuser = {
+        m: list(xp.get(f"fuser.{m}", []) or [])
+        for m in ("sum", "prepend", "cross", "input_interpolate")
+    }
+    want(
+        "fuser (only cross: [description])",
+        fuser,
+        fuser["cross"] == ["description"]
+        and not (fuser["sum"] or fuser["prepend"] or fuser["input_interpolate"]),
+    )
+    want(
+        "fuser.cross_attention_pos_emb (only false)",
+        xp.get("fuser.cross_attention_pos_emb", False),
+        not xp.get("fuser.cross_attention_pos_emb", False),
+    )
+    # The builder falls back to transformer_lm.q_modeling when no pattern is configured.
+    modeling = xp.get("codebooks_pattern.modeling", None) or tl("q_modeling")
+    want("codebooks_pattern.modeling (only 'delay')", modeling, modeling == "delay")
+    for key in ("flatten_first", "empty_initial"):
+        v = xp.get(f"codebooks_pattern.delay.{key}", 0)
+        want(f"codebooks_pattern.delay.{key} (only 0)", v, v == 0)
+    conditioners = {k: v for k, v in (xp.get("conditioners", {}) or {}).items() if k != "args"}
+    want(
+        "conditioners (only a t5 'description')",
+        sorted(conditioners),
+        list(conditioners) == ["description"] and conditioners["description"].get("model") == "t5",
+    )
+    if problems:
+        raise ValueError("unsupported LM checkpoint settings:\n  " + "\n  ".join(problems))
+
+    n_q = int(tl("n_q"))
+    dim = int(tl("dim"))
+    t5_name = xp.get("conditioners.description.t5.name")
+    condition_dim = LM_T5_DIMS.get(t5_name)
+    if output_proj_shape is not None:
+        if tuple(output_proj_shape)[:1] != (dim,) or len(output_proj_shape) != 2:
+            raise ValueError(
+                f"{LM_OUTPUT_PROJ}.weight has shape {tuple(output_proj_shape)}, expected [{dim}, C]"
+            )
+        if condition_dim is not None and output_proj_shape[1] != condition_dim:
+            raise ValueError(
+                f"{LM_OUTPUT_PROJ}.weight has input width {output_proj_shape[1]}, but {t5_name} "
+                f"has width {condition_dim}"
+            )
+        condition_dim = int(output_proj_shape[1])
+    if condition_dim is None:
+        raise ValueError(
+            f"unknown T5 model {t5_name!r} and no {LM_OUTPUT_PROJ}.weight to read its width from"
+        )
+    delays = xp.get("codebooks_pattern.delay.delays", None)
+    delays = tuple(range(n_q)) if delays is None else tuple(int(d) for d in delays)
+    gen = lambda key, default: xp.get(f"generate.lm.{key}", default)
+    cfg = LMConfig(
+        dim=dim,
+        num_heads=int(tl("num_heads")),
+        num_layers=int(tl("num_layers")),
+        hidden_scale=float(tl("hidden_scale", 4)),
+        n_q=n_q,
+        card=int(tl("card")),
+        delays=delays,
+        condition_dim=condition_dim,
+        max_period=float(tl("max_period", 10000.0)),
+        positional_scale=float(tl("positional_scale", 1.0)),
+        bias_ff=bool(tl("bias_ff", True)),
+        bias_attn=bool(tl("bias_attn", True)),
+        bias_proj=bool(tl("bias_proj", True)),
+        cfg_coef=float(xp.get("classifier_free_guidance.inference_coef", 3.0)),
+        max_duration=float(xp.get("dataset.segment_duration", 10.0)),
+        use_sampling=bool(gen("use_sampling", True)),
+        top_k=int(gen("top_k", 250)),
+        top_p=float(gen("top_p", 0.0)),
+        temperature=float(gen("temp", 1.0)),
+    )
+    conditioner = {"input_dim": condition_dim, "output_dim": dim, "name": t5_name}
+    return cfg, conditioner
+
+
+def lm_rules(param_dtype) -> list[Rule]:
+    """Rules from audiocraft LM state-dict keys to `lm.LMModel` parameter paths (kernels in the dtype's layout)."""
+    from audiogen_jax.lm import kernel_layout
+
+    transpose = kernel_layout(param_dtype) == "in_out"  # torch stores nn.Linear weights [out, in]
+
+    def kernel(srcs):
+        (w,) = srcs.values()
+        return w.T if transpose else w
+
+    def split3(srcs):
+        (w,) = srcs.values()
+        parts = np.split(w, 3, axis=0)  # rows [q; k; v]
+        return tuple(p.T if transpose and p.ndim == 2 else p for p in parts)
+
+    layer = r"transformer\.layers\.(\d+)"
+    attn = layer + r"\.(self_attn|cross_attention)\.(?:mha\.)?"
+    qkv = lambda leaf: tuple(rf"transformer.layers.\1.\2.{p}_proj.{leaf}" for p in "qkv")
+    same = lambda srcs: next(iter(srcs.values()))
+    return [
+        Rule(r"emb\.(\d+)\.weight", r"emb.\1.embedding"),
+        Rule(attn + r"in_proj_weight", qkv("kernel"), split3),
+        Rule(attn + r"in_proj_bias", qkv("bias"), split3),
+        Rule(attn + r"out_proj\.weight", r"transformer.layers.\1.\2.out_proj.kernel", kernel),
+        Rule(attn + r"out_proj\.bias", r"transformer.layers.\1.\2.out_proj.bias", same),
+        Rule(layer + r"\.(linear1|linear2)\.weight", r"transformer.layers.\1.\2.kernel", kernel),
+        Rule(layer + r"\.(linear1|linear2)\.bias", r"transformer.layers.\1.\2.bias", same),
+        Rule(
+            layer + r"\.(norm1|norm2|norm_cross)\.weight", r"transformer.layers.\1.\2.scale", same
+        ),
+        Rule(layer + r"\.(norm1|norm2|norm_cross)\.bias", r"transformer.layers.\1.\2.bias", same),
+        Rule(r"out_norm\.weight", "out_norm.scale", same),
+        Rule(r"out_norm\.bias", "out_norm.bias", same),
+        Rule(r"linears\.(\d+)\.weight", r"linears.\1.kernel", kernel),
+        Rule(r"linears\.(\d+)\.bias", r"linears.\1.bias", same),
+    ]
+
+
 def convert_lm(src: str | os.PathLike, out_dir: str | os.PathLike, dtype: str = "float32") -> None:
     """audiocraft `state_dict.bin` -> DIR/lm.safetensors + config['lm'] (streams; needs no torch).
 
@@ -771,16 +968,20 @@ def convert_lm(src: str | os.PathLike, out_dir: str | os.PathLike, dtype: str = 
         raise ConversionError(f"LM dtype must be float32 or bfloat16, got {dtype!r}")
     np_dtype = np.dtype("float32") if dtype == "float32" else _bfloat16()
     pkg = load_audiocraft_package(src, "LM")
-    proj_w, proj_b = lm_lib.OUTPUT_PROJ + ".weight", lm_lib.OUTPUT_PROJ + ".bias"
+    proj_w, proj_b = LM_OUTPUT_PROJ + ".weight", LM_OUTPUT_PROJ + ".bias"
     if proj_w not in pkg.state or proj_b not in pkg.state:
-        raise ConversionError(f"{src}: no text-conditioner projection ({proj_w} / {proj_b}) in best_state")
+        raise ConversionError(
+            f"{src}: no text-conditioner projection ({proj_w} / {proj_b}) in best_state"
+        )
     try:
-        cfg, conditioner = lm_lib.config_from_audiocraft(pkg.cfg, shape_of(pkg.state[proj_w]))
+        cfg, conditioner = lm_config_from_audiocraft(pkg.cfg, shape_of(pkg.state[proj_w]))
     except ValueError as e:
         raise ConversionError(f"{src}: {e}") from e
-    specs = checkpoint.param_specs(lambda: lm_lib.LMModel(cfg, rngs=nnx.Rngs(0), param_dtype=np_dtype))
+    specs = checkpoint.param_specs(
+        lambda: lm_lib.LMModel(cfg, rngs=nnx.Rngs(0), param_dtype=np_dtype)
+    )
     expected = {k: shape for k, (shape, _) in specs.items()}
-    rules = lm_lib.conversion_rules(np_dtype)
+    rules = lm_rules(np_dtype)
     ignore = [re.escape(proj_w), re.escape(proj_b)]
     os.makedirs(out_dir, exist_ok=True)
     # Every key and shape problem, before reading or writing any tensor data: the rules run on zero-stride
@@ -791,9 +992,13 @@ def convert_lm(src: str | os.PathLike, out_dir: str | os.PathLike, dtype: str = 
         outs = g.rule.fn(stand_ins)
         for name, arr in zip(g.targets, outs if isinstance(outs, tuple) else (outs,), strict=True):
             if tuple(arr.shape) != tuple(expected[name]):
-                misshaped.append(f"{name}: checkpoint gives {tuple(arr.shape)}, config wants {expected[name]}")
+                misshaped.append(
+                    f"{name}: checkpoint gives {tuple(arr.shape)}, config wants {expected[name]}"
+                )
     if misshaped:
-        raise ConversionError(f"{src}: checkpoint shapes disagree with its config:\n  " + "\n  ".join(misshaped))
+        raise ConversionError(
+            f"{src}: checkpoint shapes disagree with its config:\n  " + "\n  ".join(misshaped)
+        )
     write_converted(
         os.path.join(out_dir, "lm.safetensors"),
         convert_state(pkg.state, rules, expected, ignore, dtype=np_dtype),

@@ -303,8 +303,8 @@ def build_reference(cfg: LMConfig, seed: int):
             p.copy_(p.half().float())
     state = dict(ref.state_dict())
     proj = torch.nn.Linear(cfg.condition_dim, cfg.dim)
-    state[lm_lib.OUTPUT_PROJ + ".weight"] = proj.weight.detach()
-    state[lm_lib.OUTPUT_PROJ + ".bias"] = proj.bias.detach()
+    state[convert.LM_OUTPUT_PROJ + ".weight"] = proj.weight.detach()
+    state[convert.LM_OUTPUT_PROJ + ".bias"] = proj.bias.detach()
     return ref, state
 
 
@@ -397,8 +397,8 @@ def test_converted_config_and_conditioner(converted):
     from safetensors.numpy import load_file
 
     proj = load_file(str(out / "conditioner.safetensors"))
-    w = converted["state"][lm_lib.OUTPUT_PROJ + ".weight"].to(torch.float16).float().numpy()
-    b = converted["state"][lm_lib.OUTPUT_PROJ + ".bias"].to(torch.float16).float().numpy()
+    w = converted["state"][convert.LM_OUTPUT_PROJ + ".weight"].to(torch.float16).float().numpy()
+    b = converted["state"][convert.LM_OUTPUT_PROJ + ".bias"].to(torch.float16).float().numpy()
     np.testing.assert_array_equal(proj["kernel"], w.T)
     np.testing.assert_array_equal(proj["bias"], b)
 
@@ -495,7 +495,7 @@ def test_conversion_errors(tiny_case, tmp_path):
         convert.convert_lm(bad, tmp_path / "out")
     assert "linears.2.kernel" in str(e.value) and "emb.0.embedding" in str(e.value)
     assert not (tmp_path / "out" / "lm.safetensors").exists()
-    bad = _mutated_package(converted, tmp_path, drop=[lm_lib.OUTPUT_PROJ + ".weight"])
+    bad = _mutated_package(converted, tmp_path, drop=[convert.LM_OUTPUT_PROJ + ".weight"])
     with pytest.raises(convert.ConversionError, match="output_proj"):
         convert.convert_lm(bad, tmp_path / "out")
 
@@ -515,7 +515,7 @@ def test_unsupported_settings_refused(tiny_case, tmp_path):
     tree["codebooks_pattern"]["modeling"] = "unroll"
     xp = convert.YamlConfig(tree)
     with pytest.raises(ValueError) as e:
-        lm_lib.config_from_audiocraft(xp, None)
+        convert.lm_config_from_audiocraft(xp, None)
     for word in (
         "positional_embedding",
         "qk_layer_norm",
