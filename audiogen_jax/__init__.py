@@ -1,16 +1,17 @@
 """audiogen-jax: a readable JAX/Flax (NNX) reimplementation of Meta's AudioGen (text-to-audio).
 
     from audiogen_jax import AudioGen
-    model = AudioGen.from_pretrained("facebook/audiogen-medium")   # or a converted dir, or "tiny-random"
+    model = AudioGen.from_pretrained("facebook/audiogen-medium")  # or a converted dir, tiny-random
     model.set_generation_params(duration=5.0)
-    wav = model.generate(["dog barking"], seed=0)                  # [B, 1, W] float32 at model.sample_rate
+    wav = model.generate(["dog barking"], seed=0)  # [B, 1, W] float32 at model.sample_rate
 
 Dimension key, used in names and docstrings across the package:
-  B batch (classifier-free guidance doubles it: 2B), K codebooks, T codec frames, S LM steps in the delayed
-  layout, L text tokens, D model width, F feed-forward width, N heads, H head width, V codebook size,
-  C conv channels, W waveform samples.
+  B batch (classifier-free guidance doubles it: 2B), K codebooks, T codec frames, S LM steps in the
+  delayed layout, L text tokens, D model width, F feed-forward width, N heads, H head width, V
+  codebook size, C conv channels, W waveform samples.
 
-The names below are imported lazily, so `import audiogen_jax` stays cheap (no JAX compilation, no torch).
+The names below are imported lazily, so `import audiogen_jax` stays cheap (no JAX compilation, no
+torch).
 """
 
 from __future__ import annotations

@@ -1,30 +1,34 @@
 """The `AudioGen` API: text (and optionally an audio prompt) to audio, like audiocraft's `AudioGen`.
 
-    model = AudioGen.from_pretrained("facebook/audiogen-medium")   # or a converted dir, or "tiny-random"
+    model = AudioGen.from_pretrained("facebook/audiogen-medium")  # or a converted dir, tiny-random
     model.set_generation_params(duration=5.0)
-    wav = model.generate(["dog barking", "sirens of an emergency vehicle"], seed=0)   # [B, 1, W] float32
+    wav = model.generate(["dog barking", "sirens"], seed=0)  # [B, 1, W] float32
 
 `from_pretrained` accepts
   - a converted directory (`convert_weights.py ... --out DIR`);
   - `"tiny-random"`: a small random-weight model built offline (see `presets.py`; it makes noise);
   - a hub id such as `facebook/audiogen-medium`: downloads `state_dict.bin` and
-    `compression_state_dict.bin` with huggingface_hub, plus the T5 encoder its config names (`t5-large`:
-    config.json, model.safetensors, spiece.model and tokenizer files), converts them once with
-    `convert.py`, and caches the converted directory under `$AUDIOGEN_JAX_CACHE/<name>` (default
-    `~/.cache/audiogen_jax/<name>`). Later calls load the cache without touching the network.
+    `compression_state_dict.bin` with huggingface_hub, plus the T5 encoder its config names
+    (`t5-large`: config.json, model.safetensors, spiece.model and tokenizer files), converts them
+    once with `convert.py`, and caches the converted directory under `$AUDIOGEN_JAX_CACHE/<name>`
+    (default `~/.cache/audiogen_jax/<name>`). Later calls load the cache without touching the
+    network.
 
-References: audiocraft 1.3.0 `models/audiogen.py` (`AudioGen`), `models/genmodel.py` (`BaseGenModel`:
-`set_generation_params`, `generate`, `generate_unconditional`, `generate_continuation`), `models/loaders.py`.
+References: audiocraft 1.3.0 `models/audiogen.py` (`AudioGen`), `models/genmodel.py`
+(`BaseGenModel`: `set_generation_params`, `generate`, `generate_unconditional`,
+`generate_continuation`), `models/loaders.py`.
 
 Differences from the reference:
-- Every call takes a `seed` (JAX keys); the same seed gives the same audio. Without one, a fresh seed
-  is drawn from the OS.
-- Bad settings or inputs raise `ValueError` with the reason, before any work (the reference asserts late).
+- Every call takes a `seed` (JAX keys); the same seed gives the same audio. Without one, a fresh
+  seed is drawn from the OS.
+- Bad settings or inputs raise `ValueError` with the reason, before any work (the reference asserts
+  late).
 - `temperature <= 0` while sampling is an error (the reference silently turns greedy); ask for
   `use_sampling=False` instead.
-- Frame counts are bucketed to whole seconds (`frame_bucket`) so a new duration rarely recompiles; the
-  tokens are the same as with exact shapes (see `generate.py`).
-- `two_step_cfg` and `set_custom_progress_callback` are not provided; `progress=True` shows a tqdm bar.
+- Frame counts are bucketed to whole seconds (`frame_bucket`) so a new duration rarely recompiles;
+  the tokens are the same as with exact shapes (see `generate.py`).
+- `two_step_cfg` and `set_custom_progress_callback` are not provided; `progress=True` shows a tqdm
+  bar.
 """
 
 from __future__ import annotations
@@ -45,7 +49,8 @@ from audiogen_jax import generate as gen
 DEFAULT_MODEL = "facebook/audiogen-medium"
 LM_FILE = "state_dict.bin"
 COMPRESSION_FILE = "compression_state_dict.bin"
-_COMPLETE = ".complete"  # written last into a cache entry: its presence means the conversion finished
+# Written last into a cache entry: its presence means the conversion finished.
+_COMPLETE = ".complete"
 
 
 def cache_root() -> str:
@@ -67,20 +72,23 @@ def _looks_like_hub_id(name: str) -> bool:
 def _how_to_get(name: str) -> str:
     return (
         f"To get it offline: download {LM_FILE} and {COMPRESSION_FILE} from "
-        f"https://huggingface.co/{name} and the T5 files (config.json, model.safetensors, spiece.model) "
+        f"https://huggingface.co/{name} and the T5 files (config.json, model.safetensors, "
+        "spiece.model) "
         "from https://huggingface.co/google-t5/t5-large, convert them with `audiogen-jax convert "
-        "--compression compression_state_dict.bin --lm state_dict.bin --t5 T5_DIR --out DIR` and pass DIR."
+        "--compression compression_state_dict.bin --lm state_dict.bin --t5 T5_DIR --out DIR` and "
+        "pass DIR."
     )
 
 
 def download_and_convert(name: str, cache_root_dir: str | None = None) -> str:
-    """The converted directory of hub model `name`: from the cache, else downloaded, converted, cached.
+    """The converted directory of hub model `name`: cached, else downloaded, converted and cached.
 
-    The conversion is written to a temporary directory and renamed into place only when complete, so an
-    interrupted run never leaves a cache entry that looks valid.
+    The conversion is written to a temporary directory and renamed into place only when complete, so
+    an interrupted run never leaves a cache entry that looks valid.
 
     Raises:
-      checkpoint.CheckpointError: offline, unknown repository, or a corrupt download (with what to do).
+      checkpoint.CheckpointError: offline, unknown repository, or a corrupt download (with what to
+      do).
     """
     from audiogen_jax import convert
 
@@ -129,7 +137,7 @@ def download_and_convert(name: str, cache_root_dir: str | None = None) -> str:
 
 
 def resolve(name_or_dir: str | os.PathLike, cache_root_dir: str | None = None) -> str:
-    """The converted directory for a directory, `"tiny-random"`, or a hub id (downloading if needed)."""
+    """The converted directory of a directory, "tiny-random", or a hub id (downloaded if needed)."""
     name = os.fspath(name_or_dir)
     if os.path.isdir(name):
         return name
@@ -146,17 +154,22 @@ def resolve(name_or_dir: str | os.PathLike, cache_root_dir: str | None = None) -
     if _looks_like_hub_id(name):
         return download_and_convert(name, cache_root_dir)
     raise checkpoint.CheckpointError(
-        f"{name!r} is neither a converted directory, a hub id (owner/name) nor {presets.TINY_RANDOM!r}. "
+        f"{name!r} is neither a converted directory, a hub id (owner/name) nor "
+        f"{presets.TINY_RANDOM!r}. "
         f"{_how_to_get(DEFAULT_MODEL)}"
     )
 
 
 def _check_descriptions(descriptions: Any, allow_none: bool) -> list[str | None]:
     if isinstance(descriptions, (str, bytes)):
-        raise ValueError(f"descriptions must be a list of strings, got a single string {descriptions!r}; "
-                         "wrap it in a list")
+        raise ValueError(
+            f"descriptions must be a list of strings, got a single string {descriptions!r}; "
+            "wrap it in a list"
+        )
     if not isinstance(descriptions, Sequence):
-        raise ValueError(f"descriptions must be a list of strings, got {type(descriptions).__name__}")
+        raise ValueError(
+            f"descriptions must be a list of strings, got {type(descriptions).__name__}"
+        )
     if len(descriptions) == 0:
         raise ValueError("descriptions is empty: give at least one description")
     for i, d in enumerate(descriptions):
@@ -193,18 +206,23 @@ class AudioGen:
         self.lm = lm
         self.conditioner = conditioner
         self.tokenizer = tokenizer
-        if compression_model.cardinality != lm.config.card or compression_model.n_q != lm.config.n_q:
+        if (
+            compression_model.cardinality != lm.config.card
+            or compression_model.n_q != lm.config.n_q
+        ):
             raise checkpoint.CheckpointError(
-                f"{name}: the codec has {compression_model.n_q} codebooks of {compression_model.cardinality} "
+                f"{name}: the codec has {compression_model.n_q} codebooks of "
+                f"{compression_model.cardinality} "
                 f"but the LM models {lm.config.n_q} of {lm.config.card}"
             )
         if conditioner.output_dim != lm.config.dim:
             raise checkpoint.CheckpointError(
-                f"{name}: the conditioner gives width {conditioner.output_dim}, the LM wants {lm.config.dim}"
+                f"{name}: the conditioner gives width {conditioner.output_dim}, the LM wants "
+                f"{lm.config.dim}"
             )
         self._splits = (nnx.split(lm), nnx.split(conditioner))
-        # Seconds per generation window (the training segment), from the checkpoint; an attribute, as in
-        # the reference, so it can be lowered to exercise the sliding window cheaply.
+        # Seconds per generation window (the training segment), from the checkpoint; an attribute,
+        # as in the reference, so it can be lowered to exercise the sliding window cheaply.
         self.max_duration = float(lm.config.max_duration)
         self.set_generation_params(duration=5.0)
 
@@ -216,7 +234,8 @@ class AudioGen:
         dtype: Any = None,
         cache_dir: str | None = None,
     ) -> AudioGen:
-        """Loads a converted directory, `"tiny-random"`, or a hub id (downloaded and converted once).
+        """Loads a converted directory, `"tiny-random"`, or a hub id (downloaded and converted
+        once).
 
         Args:
           name_or_dir: see the module docstring.
@@ -239,7 +258,8 @@ class AudioGen:
         except (ValueError, OSError, KeyError) as e:  # e.g. a truncated file's unreadable header
             raise checkpoint.CheckpointError(
                 f"{directory}: the converted model could not be loaded ({type(e).__name__}: {e}); "
-                "it looks incomplete or corrupt: convert it again (`audiogen-jax convert ... --out DIR`)"
+                "it looks incomplete or corrupt: convert it again (`audiogen-jax convert ... "
+                "--out DIR`)"
             ) from e
         model = cls(os.fspath(name_or_dir), codec, lm, conditioner, tokenizer)
         model.directory = directory
@@ -290,24 +310,37 @@ class AudioGen:
         extend_stride = _finite_number("extend_stride", extend_stride)
         if not 0 < extend_stride < self.max_duration:
             raise ValueError(
-                f"extend_stride must be in (0, max_duration={self.max_duration}) seconds, got {extend_stride}"
+                f"extend_stride must be in (0, max_duration={self.max_duration}) seconds, got "
+                f"{extend_stride}"
             )
         if int(duration * self.frame_rate) < 1:
-            raise ValueError(f"duration {duration} s is shorter than one frame (1/{self.frame_rate} s)")
+            raise ValueError(
+                f"duration {duration} s is shorter than one frame (1/{self.frame_rate} s)"
+            )
         cfg = self.lm.config
         overrides = {
             k: v
-            for k, v in dict(use_sampling=use_sampling, top_k=top_k, top_p=top_p,
-                             temperature=temperature, cfg_coef=cfg_coef).items()
+            for k, v in dict(
+                use_sampling=use_sampling,
+                top_k=top_k,
+                top_p=top_p,
+                temperature=temperature,
+                cfg_coef=cfg_coef,
+            ).items()
             if v is not None
         }
-        if "top_k" in overrides and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer))):
+        if "top_k" in overrides and (
+            isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer))
+        ):
             raise ValueError(f"top_k must be an int, got {top_k!r}")
         if "top_k" in overrides:
             overrides["top_k"] = int(top_k)
             if not 0 <= top_k <= cfg.card:
-                raise ValueError(f"top_k must be in [0, {cfg.card}] (the codebook size), got {top_k}")
-        # A checkpoint's default top_k may exceed a small test codebook; keep at most the whole codebook.
+                raise ValueError(
+                    f"top_k must be in [0, {cfg.card}] (the codebook size), got {top_k}"
+                )
+        # A checkpoint's default top_k may exceed a small test codebook; keep at most the whole
+        # codebook.
         overrides.setdefault("top_k", min(cfg.top_k, cfg.card))
         params = sampling.SamplingParams.from_lm_config(cfg, **overrides)
         self.duration = duration
@@ -317,13 +350,25 @@ class AudioGen:
     @property
     def generation_params(self) -> dict[str, Any]:
         p = self.params
-        return dict(use_sampling=p.use_sampling, temp=p.temperature, top_k=p.top_k, top_p=p.top_p,
-                    cfg_coef=p.cfg_coef, duration=self.duration, extend_stride=self.extend_stride)
+        return dict(
+            use_sampling=p.use_sampling,
+            temp=p.temperature,
+            top_k=p.top_k,
+            top_p=p.top_p,
+            cfg_coef=p.cfg_coef,
+            duration=self.duration,
+            extend_stride=self.extend_stride,
+        )
 
     # -- generation ------------------------------------------------------------------------------
 
-    def generate(self, descriptions: Sequence[str], progress: bool = False, seed: int | None = None,
-                 return_tokens: bool = False):
+    def generate(
+        self,
+        descriptions: Sequence[str],
+        progress: bool = False,
+        seed: int | None = None,
+        return_tokens: bool = False,
+    ):
         """Audio for each description.
 
         Args:
@@ -333,25 +378,42 @@ class AudioGen:
           return_tokens: also return the codes.
 
         Returns:
-          wav [B, 1, W] float32 numpy at `sample_rate` (and codes [B, K, T] int32 if `return_tokens`).
+          wav [B, 1, W] float32 numpy at `sample_rate` (and codes [B, K, T] int32 if
+          `return_tokens`).
         """
         descriptions = _check_descriptions(descriptions, allow_none=False)
         return self._generate(descriptions, None, progress, seed, return_tokens)
 
-    def generate_unconditional(self, num_samples: int, progress: bool = False, seed: int | None = None,
-                               return_tokens: bool = False):
+    def generate_unconditional(
+        self,
+        num_samples: int,
+        progress: bool = False,
+        seed: int | None = None,
+        return_tokens: bool = False,
+    ):
         """Audio with no description (the null condition on both CFG branches)."""
-        if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+        if (
+            isinstance(num_samples, bool)
+            or not isinstance(num_samples, (int, np.integer))
+            or num_samples < 1
+        ):
             raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
         return self._generate([None] * int(num_samples), None, progress, seed, return_tokens)
 
-    def generate_continuation(self, prompt, prompt_sample_rate: int,
-                              descriptions: Sequence[str | None] | None = None, progress: bool = False,
-                              seed: int | None = None, return_tokens: bool = False):
+    def generate_continuation(
+        self,
+        prompt,
+        prompt_sample_rate: int,
+        descriptions: Sequence[str | None] | None = None,
+        progress: bool = False,
+        seed: int | None = None,
+        return_tokens: bool = False,
+    ):
         """Continues audio prompts; the output starts with the (re-encoded) prompt.
 
         Args:
-          prompt: [C, W] or [B, C, W] float audio; mono or stereo (mixed down to the model's channels,
+          prompt: [C, W] or [B, C, W] float audio; mono or stereo (mixed down to the model's
+          channels,
             and resampled when `prompt_sample_rate` differs, as the reference's `convert_audio`).
           prompt_sample_rate: the prompt's sample rate in Hz.
           descriptions: B descriptions (or None entries); None means unconditional.
@@ -366,7 +428,9 @@ class AudioGen:
         if wav.ndim == 2:
             wav = wav[None]
         if wav.ndim != 3:
-            raise ValueError(f"prompt must be [C, W] or [B, C, W] audio, got shape {np.shape(prompt)}")
+            raise ValueError(
+                f"prompt must be [C, W] or [B, C, W] audio, got shape {np.shape(prompt)}"
+            )
         if not np.issubdtype(wav.dtype, np.floating):
             raise ValueError(f"prompt must be float audio, got dtype {wav.dtype}")
         B, C, W = wav.shape
@@ -380,20 +444,27 @@ class AudioGen:
             raise ValueError("prompt must be non-empty and finite")
         rate = _finite_number("prompt_sample_rate", prompt_sample_rate)
         if rate <= 0 or rate != int(rate):
-            raise ValueError(f"prompt_sample_rate must be a positive integer (Hz), got {prompt_sample_rate}")
+            raise ValueError(
+                f"prompt_sample_rate must be a positive integer (Hz), got {prompt_sample_rate}"
+            )
         if descriptions is None:
             descriptions = [None] * B
         descriptions = _check_descriptions(descriptions, allow_none=True)
         if len(descriptions) != B:
             raise ValueError(f"{len(descriptions)} descriptions for {B} prompts")
         wav = np.asarray(
-            audio.convert_audio(wav.astype(np.float32), int(rate), self.sample_rate, self.audio_channels)
+            audio.convert_audio(
+                wav.astype(np.float32), int(rate), self.sample_rate, self.audio_channels
+            )
         )
         prompt_seconds = wav.shape[-1] / self.sample_rate
         limit = min(self.duration, self.max_duration)
-        if math.ceil(wav.shape[-1] / self.compression_model.hop_length) >= int(limit * self.frame_rate):
+        if math.ceil(wav.shape[-1] / self.compression_model.hop_length) >= int(
+            limit * self.frame_rate
+        ):
             raise ValueError(
-                f"the prompt ({prompt_seconds:.2f} s) must be shorter than the duration to generate "
+                f"the prompt ({prompt_seconds:.2f} s) must be shorter than the duration to "
+                "generate "
                 f"({limit:g} s per window); raise duration with set_generation_params"
             )
         codes = np.asarray(jax.device_get(self.compression_model.encode(wav)))
@@ -407,13 +478,24 @@ class AudioGen:
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise ValueError(f"seed must be an int, got {seed!r}")
         key = jax.random.key(int(seed))
-        ids_2BL, mask_2BL = t5.tokenize(self.tokenizer, list(descriptions) + [None] * len(descriptions))
+        ids_2BL, mask_2BL = t5.tokenize(
+            self.tokenizer, list(descriptions) + [None] * len(descriptions)
+        )
         frames = int(self.duration * self.frame_rate)
         codes = gen.generate_codes(
-            self.lm, self.conditioner, ids_2BL, mask_2BL, frames, key=key, params=self.params,
-            prompt_BKT=prompt_codes, max_frames=int(self.max_duration * self.frame_rate),
+            self.lm,
+            self.conditioner,
+            ids_2BL,
+            mask_2BL,
+            frames,
+            key=key,
+            params=self.params,
+            prompt_BKT=prompt_codes,
+            max_frames=int(self.max_duration * self.frame_rate),
             stride_frames=int(self.frame_rate * self.extend_stride),
-            frame_bucket=max(1, round(self.frame_rate)), progress=progress, splits=self._splits,
+            frame_bucket=max(1, round(self.frame_rate)),
+            progress=progress,
+            splits=self._splits,
             seconds=(self.duration, self.max_duration, self.frame_rate),
         )
         wav = np.asarray(jax.device_get(self.compression_model.decode(codes)), np.float32)

@@ -1,14 +1,17 @@
 """Command line: `audiogen-jax generate ...` and `audiogen-jax convert ...`.
 
-    audiogen-jax generate "dog barking" "sirens of an emergency vehicle" --duration 5 --out-dir out/ --seed 0
-    audiogen-jax generate "rain" --model tiny-random --duration 1 --out-dir out/     # offline, random weights
+    audiogen-jax generate "dog barking" "sirens of an emergency vehicle" --duration 5 \
+        --out-dir out/ --seed 0
+    audiogen-jax generate "rain" --model tiny-random --duration 1 --out-dir out/   # offline, noise
     audiogen-jax generate "footsteps" --continue prompt.wav --duration 6 --out-dir out/
-    audiogen-jax convert --compression compression_state_dict.bin --lm state_dict.bin --t5 t5-large --out DIR
+    audiogen-jax convert --compression compression_state_dict.bin --lm state_dict.bin \
+        --t5 t5-large --out DIR
 
-`generate` checks every argument before loading anything, writes each file to a temporary name and renames
-it only when all outputs are done (a failure leaves no partial files), and prints where each file went.
-Files are written as the reference's documented usage does: loudness-normalised to -14 LUFS with the tanh
-compressor (`--strategy loudness`), 16-bit WAV, or 24-bit FLAC with `--format flac`.
+`generate` checks every argument before loading anything, writes each file to a temporary name and
+renames it only when all outputs are done (a failure leaves no partial files), and prints where each
+file went. Files are written as the reference's documented usage does: loudness-normalised to -14
+LUFS with the tanh compressor (`--strategy loudness`), 16-bit WAV, or 24-bit FLAC with
+`--format flac`.
 """
 
 from __future__ import annotations
@@ -30,8 +33,12 @@ FORMATS = ("wav", "flac")
 def _convert_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--compression", help="audiocraft compression_state_dict.bin (EnCodec)")
     p.add_argument("--lm", help="audiocraft state_dict.bin (the transformer LM)")
-    p.add_argument("--t5", help="Hugging Face T5 checkpoint: a directory or a hub id such as t5-large")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="LM weight dtype")
+    p.add_argument(
+        "--t5", help="Hugging Face T5 checkpoint: a directory or a hub id such as t5-large"
+    )
+    p.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16"], help="LM weight dtype"
+    )
     p.add_argument("--out", required=True, help="converted directory to create or update")
     return p
 
@@ -60,27 +67,53 @@ def convert_main(argv: list[str] | None = None) -> int:
 def _generate_parser() -> argparse.ArgumentParser:
     from audiogen_jax.audiogen import DEFAULT_MODEL
 
-    p = argparse.ArgumentParser(prog="audiogen-jax generate", description="Text to audio with AudioGen.")
+    p = argparse.ArgumentParser(
+        prog="audiogen-jax generate", description="Text to audio with AudioGen."
+    )
     p.add_argument("descriptions", nargs="*", help="one text description per output file")
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"hub id (default {DEFAULT_MODEL}), a converted directory, or 'tiny-random'")
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"hub id (default {DEFAULT_MODEL}), a converted directory, or 'tiny-random'",
+    )
     p.add_argument("--duration", type=float, default=5.0, help="seconds of audio (default 5)")
     p.add_argument("--out-dir", required=True, help="directory for the audio files")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: a fresh one)")
-    p.add_argument("--top-k", type=int, default=None, help="top-k sampling (default: the model's, 250)")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in [0, 1] (0 = off)")
+    p.add_argument(
+        "--top-k", type=int, default=None, help="top-k sampling (default: the model's, 250)"
+    )
+    p.add_argument(
+        "--top-p", type=float, default=None, help="nucleus sampling mass in [0, 1] (0 = off)"
+    )
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature (> 0)")
-    p.add_argument("--cfg-coef", type=float, default=None, help="classifier-free guidance (default 3)")
+    p.add_argument(
+        "--cfg-coef", type=float, default=None, help="classifier-free guidance (default 3)"
+    )
     p.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
-    p.add_argument("--extend-stride", type=float, default=2.0,
-                   help="seconds each window moves beyond the model's max duration (default 2)")
-    p.add_argument("--continue", dest="prompt", default=None, metavar="PROMPT.wav",
-                   help="continue this audio file (resampled and mixed down as needed)")
+    p.add_argument(
+        "--extend-stride",
+        type=float,
+        default=2.0,
+        help="seconds each window moves beyond the model's max duration (default 2)",
+    )
+    p.add_argument(
+        "--continue",
+        dest="prompt",
+        default=None,
+        metavar="PROMPT.wav",
+        help="continue this audio file (resampled and mixed down as needed)",
+    )
     p.add_argument("--format", default="wav", choices=FORMATS, help="output format (default wav)")
-    p.add_argument("--strategy", default="loudness", choices=STRATEGIES,
-                   help="normalisation (default loudness: -14 LUFS with the tanh compressor)")
+    p.add_argument(
+        "--strategy",
+        default="loudness",
+        choices=STRATEGIES,
+        help="normalisation (default loudness: -14 LUFS with the tanh compressor)",
+    )
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="LM weight dtype")
-    p.add_argument("--cache-dir", default=None, help="conversion cache (default $AUDIOGEN_JAX_CACHE)")
+    p.add_argument(
+        "--cache-dir", default=None, help="conversion cache (default $AUDIOGEN_JAX_CACHE)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -99,7 +132,9 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.top_p is not None and not 0 <= args.top_p <= 1:
         raise ValueError(f"--top-p must be in [0, 1], got {args.top_p}")
     if args.temperature is not None and not args.greedy and not args.temperature > 0:
-        raise ValueError(f"--temperature must be > 0 when sampling (or use --greedy), got {args.temperature}")
+        raise ValueError(
+            f"--temperature must be > 0 when sampling (or use --greedy), got {args.temperature}"
+        )
     if args.cfg_coef is not None and not math.isfinite(args.cfg_coef):
         raise ValueError(f"--cfg-coef must be finite, got {args.cfg_coef}")
     if args.prompt is not None and not os.path.isfile(args.prompt):
@@ -119,7 +154,9 @@ def _check_writable(out_dir: str) -> None:
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"--out-dir {out_dir} cannot be created: {parent} is not a writable directory")
+        raise ValueError(
+            f"--out-dir {out_dir} cannot be created: {parent} is not a writable directory"
+        )
 
 
 def _read_prompt(path: str):
@@ -154,8 +191,12 @@ def generate_main(argv: list[str] | None = None) -> int:
             print(NOISE_WARNING, file=sys.stderr)
         model = AudioGen.from_pretrained(args.model, dtype=args.dtype, cache_dir=args.cache_dir)
         model.set_generation_params(
-            duration=args.duration, use_sampling=not args.greedy, top_k=args.top_k, top_p=args.top_p,
-            temperature=None if args.greedy else args.temperature, cfg_coef=args.cfg_coef,
+            duration=args.duration,
+            use_sampling=not args.greedy,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            temperature=None if args.greedy else args.temperature,
+            cfg_coef=args.cfg_coef,
             extend_stride=args.extend_stride,
         )
         progress = not args.no_progress
@@ -163,8 +204,9 @@ def generate_main(argv: list[str] | None = None) -> int:
         if args.prompt is not None:
             prompt, rate = _read_prompt(args.prompt)
             conds = descriptions or [None]
-            wav = model.generate_continuation(np.stack([prompt] * len(conds)), rate, conds, progress=progress,
-                                              seed=args.seed)
+            wav = model.generate_continuation(
+                np.stack([prompt] * len(conds)), rate, conds, progress=progress, seed=args.seed
+            )
             names = [_slug(d) if d else "continuation" for d in conds]
         else:
             wav = model.generate(descriptions, progress=progress, seed=args.seed)
@@ -179,7 +221,7 @@ def generate_main(argv: list[str] | None = None) -> int:
 
 
 def _write_all(wav_B1W, sample_rate: int, names: list[str], args: argparse.Namespace) -> list[str]:
-    """Writes every output into a temporary directory inside out_dir, then renames them into place."""
+    """Writes every output into a temporary directory in out_dir, then renames them into place."""
     from audiogen_jax import audio
 
     os.makedirs(args.out_dir, exist_ok=True)
@@ -189,7 +231,11 @@ def _write_all(wav_B1W, sample_rate: int, names: list[str], args: argparse.Names
         for i, (w, name) in enumerate(zip(wav_B1W, names, strict=True)):
             stem = f"{i:02d}_{name}"
             path = audio.audio_write(
-                os.path.join(tmp, stem), w, sample_rate, format=args.format, strategy=args.strategy,
+                os.path.join(tmp, stem),
+                w,
+                sample_rate,
+                format=args.format,
+                strategy=args.strategy,
                 loudness_compressor=args.strategy == "loudness",
             )
             staged.append((str(path), os.path.join(args.out_dir, os.path.basename(str(path)))))
@@ -206,7 +252,10 @@ def main(argv: list[str] | None = None) -> int:
         return convert_main(argv[1:])
     if argv and argv[0] == "generate":
         return generate_main(argv[1:])
-    print("usage: audiogen-jax {generate,convert} ...  (see audiogen-jax generate --help)", file=sys.stderr)
+    print(
+        "usage: audiogen-jax {generate,convert} ...  (see audiogen-jax generate --help)",
+        file=sys.stderr,
+    )
     return 2
 
 

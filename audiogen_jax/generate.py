@@ -3,53 +3,58 @@
 The algorithm, as in MusicGen/AudioGen (Copet et al. 2023 §2.2-2.4, Kreuk et al. 2023 §3):
 
     descriptions ──T5 + output_proj──▶ condition [2B, L, D] for the batch [cond; null]
-    codes buffer [B, K, T] = prompt | -1 (unknown) ──delay pattern──▶ seq [B, K, S], S = T + max_delay + 1
-    prefill the KV cache with the prompt's steps, then for each step s (one `lax.scan` iteration):
-        logits [2B, K, V] = LM(seq[:, :, s - 1], position s - 1, KV cache)       (one batched forward)
+    code buffer [B, K, T] = prompt | -1 (unknown) ──delay pattern──▶ seq [B, K, S]
+                                                                   (S = T + max_delay + 1)
+    prefill the KV cache with the prompt's steps, then for each step s (one scan iteration):
+        logits [2B, K, V] = LM(seq[:, :, s - 1], position s - 1, KV cache)    (one forward)
         guided = uncond + (cond - uncond) * cfg_coef
-        ids    = sample(fold_in(key, s), guided)    (or argmax when greedy)
-        seq[:, :, s] = ids where the cell is still -1 (prompt and special cells are never overwritten)
-    undo the delay pattern ──▶ codes [B, K, T] (prompt included) ──EnCodec decode──▶ wav [B, 1, T * hop]
+        ids    = sample(fold_in(key, s), guided)                     (or argmax when greedy)
+        seq[:, :, s] = ids where the cell is still -1    (prompt, special cells never overwritten)
+    undo the delay pattern ──▶ codes [B, K, T] (prompt included)
+    EnCodec decode ──▶ wav [B, 1, T * hop]
 
 Everything from the text encoder to the reverted codes is one `jax.jit` program (`_token_program`):
-the condition and the cross-attention keys/values are computed once, the step is the LM's cached `step`
-(weights read once per step, CFG as one forward of 2B rows), and there is no host round trip per step
-except the optional progress callback.
+the condition and the cross-attention keys/values are computed once, the step is the LM's cached
+`step` (weights read once per step, CFG as one forward of 2B rows), and there is no host round trip
+per step except the optional progress callback.
 
 Static shapes, so new inputs rarely recompile:
-  - The number of frames T and the prompt length T0 are *traced* scalars. Their buffers are padded up
-    to `frame_bucket` frames (`bucket_frames`): T_b = ceil(T / bucket) * bucket (at most the window).
-    Cells of frames t >= T are laid out as special tokens, exactly as the reference lays out a pattern of
-    T frames, and the scan iterations past the last real step S = T + max_delay + 1 skip the LM call
-    (`lax.cond`), so padding costs no LM steps. A new duration recompiles only when it crosses a bucket.
-  - A new batch of the same size B with the same tokenized text length L reuses the program. L is not
-    bucketed: the reference's cross-attention has no key mask, so padded (zero) text rows change the
-    softmax; padding L further would change the result. A new L recompiles.
-  - Changing `cfg_coef` or the seed never recompiles; the sampling settings (`SamplingParams`) and the
-    progress flag are static.
-  The prompt is written into the KV cache by one prefill forward over T0_b (bucketed) steps. Steps past
-  the prompt in that block fill cache slots with placeholder values; each is overwritten by the scan's
-  step at that position before any query can attend to it (causal attention by position).
+  - The number of frames T and the prompt length T0 are *traced* scalars. Their buffers are padded
+    up to `frame_bucket` frames (`bucket_frames`): T_b = ceil(T / bucket) * bucket (at most the
+    window). Cells of frames t >= T are laid out as special tokens, exactly as the reference lays
+    out a pattern of T frames, and the scan iterations past the last real step S = T + max_delay + 1
+    skip the LM call (`lax.cond`), so padding costs no LM steps. A new duration recompiles only when
+    it crosses a bucket.
+  - A new batch of the same size B with the same tokenized text length L reuses the program. L is
+    not bucketed: the reference's cross-attention has no key mask, so padded (zero) text rows change
+    the softmax; padding L further would change the result. A new L recompiles.
+  - Changing `cfg_coef` or the seed never recompiles; the sampling settings (`SamplingParams`) and
+    the progress flag are static.
+  The prompt is written into the KV cache by one prefill forward over T0_b (bucketed) steps. Steps
+  past the prompt in that block fill cache slots with placeholder values; each is overwritten by the
+  scan's step at that position before any query can attend to it (causal attention by position).
 
 Durations beyond the model's window (`max_frames`, the training segment: 10 s for AudioGen) use the
-reference's sliding window (`BaseGenModel._generate_tokens`): each window re-runs generation with the last
-`max_frames - stride_frames` frames of the previous window as its prompt and keeps only the new frames.
+reference's sliding window (`BaseGenModel._generate_tokens`): each window re-runs generation with
+the last `max_frames - stride_frames` frames of the previous window as its prompt and keeps only the
+new frames.
 
-Progress: `progress=True` adds a `jax.debug.callback` in the scan body that moves a tqdm bar; the program
-stays one compiled scan (a separate compilation from the progress-free one). Measured cost (2-core CPU,
-tiny-random, 10 s = 503 steps, best of 5): about 0.4 ms per step, all of it the callback's host round trip
-(tqdm itself adds nothing measurable). That is ~0.1% of an AudioGen-medium step (~0.3-0.5 s) but 2-4x
-the tiny model's 0.2-0.6 ms steps; see docs/parity.md (## Generation).
+Progress: `progress=True` adds a `jax.debug.callback` in the scan body that moves a tqdm bar; the
+program stays one compiled scan (a separate compilation from the progress-free one). Measured cost
+(2-core CPU, tiny-random, 10 s = 503 steps, best of 5): about 0.4 ms per step, all of it the
+callback's host round trip (tqdm itself adds nothing measurable). That is ~0.1% of an
+AudioGen-medium step (~0.3-0.5 s) but 2-4x the tiny model's 0.2-0.6 ms steps; see
+docs/parity.md (## Generation).
 
 References: audiocraft 1.3.0 `models/lm.py` (`LMModel.generate`, `_sample_next_token`),
 `models/genmodel.py` (`BaseGenModel.generate*`, `_generate_tokens`).
 
 Differences from the reference:
-- The prompt is prefilled over steps [0, T0 + min_delay) and the scan's first step feeds step T0 + min_delay
-  on its own; the reference feeds [0, T0 + min_delay] as one block. Same tokens; float rounding of the
-  cached keys/values may differ in the last bits.
-- The cross-attention keys/values of the condition are computed once (the reference recomputes them at
-  every step); the self-attention cache is preallocated instead of grown by concatenation.
+- The prompt is prefilled over steps [0, T0 + min_delay) and the scan's first step feeds step
+  T0 + min_delay on its own; the reference feeds [0, T0 + min_delay] as one block. Same tokens;
+  float rounding of the cached keys/values may differ in the last bits.
+- The cross-attention keys/values of the condition are computed once (the reference recomputes them
+  at every step); the self-attention cache is preallocated instead of grown by concatenation.
 - Randomness: JAX keys, `fold_in(key, window)` then `fold_in(., step)`; the torch RNG stream is not
   reproduced, so only greedy decoding is token-identical to the reference.
 - `two_step_cfg` (separate cond/null forwards) is not implemented: AudioGen uses the batched form.
@@ -75,7 +80,7 @@ UNKNOWN = -1  # a code not generated yet (the reference's `unknown_token`)
 
 
 def bucket_frames(n: int, bucket: int | None, cap: int | None = None) -> int:
-    """Rounds n up to a multiple of `bucket` (no rounding when bucket is None or <= 1), at most `cap`."""
+    """Rounds n up to a multiple of `bucket` (none when bucket is None or <= 1), at most `cap`."""
     if bucket is None or bucket <= 1 or n == 0:
         return n
     b = -(-n // bucket) * bucket
@@ -83,8 +88,8 @@ def bucket_frames(n: int, bucket: int | None, cap: int | None = None) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-# Progress: the compiled program calls one module-level function; which bar it moves is set per call,
-# so a cached program never holds on to an old bar.
+# Progress: the compiled program calls one module-level function; which bar it moves is set per
+# call, so a cached program never holds on to an old bar.
 
 _progress_sink: list[Any] = []
 
@@ -101,7 +106,7 @@ def _progress_bar(total: int, desc: str) -> Iterator[None]:
     bar = tqdm(total=total, desc=desc, unit="step", leave=False)
 
     def update(i: int) -> None:
-        # update() redraws at most every `mininterval` seconds, so a fast step loop is not slowed down.
+        # update() redraws at most every `mininterval` seconds: a fast loop is not slowed down.
         bar.update(min(i + 1, total) - bar.n)
 
     _progress_sink.append(update)
@@ -139,7 +144,7 @@ def _token_program(
     params: sampling.SamplingParams,
     progress: bool,
 ):
-    """One window of generation. Returns codes [B, K, frames_b] (frames >= num_frames hold `card`)."""
+    """One window of generation: codes [B, K, frames_b] (frames >= num_frames hold `card`)."""
     lm = nnx.merge(lm_def, lm_state)
     conditioner = nnx.merge(cond_def, cond_state)
     cfg = lm.config
@@ -152,7 +157,8 @@ def _token_program(
     cache = lmlib.init_cache(lm, condition_2BLD, S_b)
 
     # The code buffer: prompt frames, then unknown frames, then (bucket padding) frames outside the
-    # pattern, which the delay layout turns into special cells like the reference's pattern of T frames.
+    # pattern, which the delay layout turns into special cells like the reference's pattern of
+    # T frames.
     t_T = jnp.arange(frames_b)
     prompt_BKT = jnp.zeros((B, K, frames_b), jnp.int32).at[:, :, :prompt_b].set(prompt_BKP)
     codes_BKT = jnp.where(
@@ -161,7 +167,7 @@ def _token_program(
     seq_BKS = patterns.build_delayed(codes_BKT, delays, special)
     delays_K = jnp.asarray(delays, jnp.int32)
 
-    # Steps before `start` are fully known (prompt or special); the LM sees them in one prefill block.
+    # Steps before `start` are fully known (prompt or special): the LM sees them in one block.
     start = prompt_len + 1 + min(delays)
     stop = num_frames + max(delays) + 1
     prefill = prompt_b + min(delays) if prompt_b > 0 else 0
@@ -208,7 +214,9 @@ def _check_prompt(prompt_BKT, B: int, K: int, card: int) -> np.ndarray:
     if not np.issubdtype(prompt.dtype, np.integer):
         raise ValueError(f"prompt codes must be integers, got {prompt.dtype}")
     if prompt.size and (prompt.min() < 0 or prompt.max() >= card):
-        raise ValueError(f"prompt codes must lie in [0, {card}), got [{prompt.min()}, {prompt.max()}]")
+        raise ValueError(
+            f"prompt codes must lie in [0, {card}), got [{prompt.min()}, {prompt.max()}]"
+        )
     return prompt.astype(np.int32)
 
 
@@ -228,7 +236,8 @@ def generate_window(
     max_frames: int | None = None,
     progress: bool = False,
 ) -> np.ndarray:
-    """One call of the reference's `LMModel.generate`: T frames, optionally continuing T0 prompt frames.
+    """One call of the reference's `LMModel.generate`: T frames, optionally continuing T0 prompt
+    frames.
 
     Args:
       lm_config: the LM's `LMConfig`.
@@ -258,7 +267,9 @@ def generate_window(
         prompt = _check_prompt(prompt_BKT, B, K, cfg.card)
     T0 = prompt.shape[2]
     if not 0 <= T0 < num_frames:
-        raise ValueError(f"the prompt ({T0} frames) must be shorter than the generation ({num_frames} frames)")
+        raise ValueError(
+            f"the prompt ({T0} frames) must be shorter than the generation ({num_frames} frames)"
+        )
     frames_b = bucket_frames(num_frames, frame_bucket, max_frames)
     prompt_b = bucket_frames(T0, frame_bucket, frames_b - 1) if T0 else 0
     prompt_BKP = np.zeros((B, K, prompt_b), np.int32)
@@ -324,8 +335,8 @@ def generate_codes(
       splits: `(nnx.split(lm), nnx.split(conditioner))`, to skip re-splitting on every call.
       seconds: (duration, max_duration, frame_rate): compute each window's length in float seconds
         exactly as the reference does, `int(min(duration - offset / frame_rate, max_duration) *
-        frame_rate)`, rounding included (e.g. 1.7 s - 0.8 s gives 44 frames at 50 Hz, not 45). Without
-        it, lengths are exact frame counts.
+        frame_rate)`, rounding included (e.g. 1.7 s - 0.8 s gives 44 frames at 50 Hz, not 45).
+        Without it, lengths are exact frame counts.
 
     Returns:
       int32 [B, K, T] numpy codes, prompt included.
@@ -335,17 +346,29 @@ def generate_codes(
     lm_split, cond_split = splits
     B2 = np.asarray(ids_2BL).shape[0]
     if np.asarray(ids_2BL).ndim != 2 or B2 % 2 or B2 == 0:
-        raise ValueError(f"ids must be [2B, L] ([descriptions; nulls]), got {np.asarray(ids_2BL).shape}")
+        raise ValueError(
+            f"ids must be [2B, L] ([descriptions; nulls]), got {np.asarray(ids_2BL).shape}"
+        )
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     limit = max_frames if max_frames is not None else num_frames
     T0 = 0 if prompt_BKT is None else np.asarray(prompt_BKT).shape[-1]
     if T0 >= min(num_frames, limit):
-        raise ValueError(f"the prompt ({T0} frames) must be shorter than the audio to generate "
-                         f"({min(num_frames, limit)} frames per window)")
+        raise ValueError(
+            f"the prompt ({T0} frames) must be shorter than the audio to generate "
+            f"({min(num_frames, limit)} frames per window)"
+        )
     one = functools.partial(
-        generate_window, lm.config, lm_split, cond_split, ids_2BL, mask_2BL, cfg_coef=params.cfg_coef,
-        frame_bucket=frame_bucket, max_frames=max_frames, progress=progress,
+        generate_window,
+        lm.config,
+        lm_split,
+        cond_split,
+        ids_2BL,
+        mask_2BL,
+        cfg_coef=params.cfg_coef,
+        frame_bucket=frame_bucket,
+        max_frames=max_frames,
+        progress=progress,
     )
     # cfg_coef is a traced argument of the program; keep it out of the static settings so that a new
     # coefficient does not recompile.
@@ -366,7 +389,7 @@ def generate_codes(
         else:
             length = min(num_frames - offset, limit)
         codes = one(length, key=jax.random.fold_in(key, w), prompt_BKT=prompt)
-        pieces.append(codes if prompt is None else codes[:, :, np.asarray(prompt).shape[-1]:])
+        pieces.append(codes if prompt is None else codes[:, :, np.asarray(prompt).shape[-1] :])
         prompt = codes[:, :, stride_frames:]
         prompt_len = prompt.shape[-1]
         offset += stride_frames
@@ -393,15 +416,25 @@ def generate(
     """Text (and optional prompt codes) -> codes [B, K, T] and audio [B, 1, T * hop].
 
     `descriptions` may hold None (unconditional rows). The batch `[descriptions; [None] * B]` is
-    tokenized together, padded to one length, as the reference does. See `generate_codes` for the rest.
+    tokenized together, padded to one length, as the reference does. See `generate_codes` for the
+    rest.
     """
     from audiogen_jax import t5
 
     ids_2BL, mask_2BL = t5.tokenize(tokenizer, list(descriptions) + [None] * len(descriptions))
     codes_BKT = generate_codes(
-        lm, conditioner, ids_2BL, mask_2BL, num_frames, key=key, params=params,
-        prompt_BKT=prompt_BKT, max_frames=max_frames, stride_frames=stride_frames,
-        frame_bucket=frame_bucket, progress=progress,
+        lm,
+        conditioner,
+        ids_2BL,
+        mask_2BL,
+        num_frames,
+        key=key,
+        params=params,
+        prompt_BKT=prompt_BKT,
+        max_frames=max_frames,
+        stride_frames=stride_frames,
+        frame_bucket=frame_bucket,
+        progress=progress,
     )
     wav_B1W = np.asarray(jax.device_get(codec.decode(jnp.asarray(codes_BKT))), np.float32)
     return codes_BKT, wav_B1W

@@ -1,5 +1,5 @@
-"""The `AudioGen` API: loading (directory, tiny-random, hub id with the conversion cache, offline and corrupt
-checkpoints), settings validation, output shapes, seeds, continuation, and bad input."""
+"""The `AudioGen` API: loading (directory, tiny-random, hub id with the conversion cache, offline
+and corrupt checkpoints), settings validation, output shapes, seeds, continuation, and bad input."""
 
 from __future__ import annotations
 
@@ -39,11 +39,21 @@ def test_generation_params_defaults_and_overrides(model):
     p = model.params
     # From the checkpoint's config (tiny-random scales top_k to its 32-code books).
     assert (p.use_sampling, p.top_k, p.top_p, p.temperature, p.cfg_coef) == (True, 8, 0.0, 1.0, 3.0)
-    model.set_generation_params(duration=2.5, top_k=0, top_p=0.9, temperature=0.7, cfg_coef=1.5,
-                                extend_stride=3.0)
-    assert model.generation_params == dict(use_sampling=True, temp=0.7, top_k=0, top_p=0.9, cfg_coef=1.5,
-                                           duration=2.5, extend_stride=3.0)
-    model.set_generation_params(duration=1.0, use_sampling=False, temperature=0.0)  # greedy: no temperature
+    model.set_generation_params(
+        duration=2.5, top_k=0, top_p=0.9, temperature=0.7, cfg_coef=1.5, extend_stride=3.0
+    )
+    assert model.generation_params == dict(
+        use_sampling=True,
+        temp=0.7,
+        top_k=0,
+        top_p=0.9,
+        cfg_coef=1.5,
+        duration=2.5,
+        extend_stride=3.0,
+    )
+    model.set_generation_params(
+        duration=1.0, use_sampling=False, temperature=0.0
+    )  # greedy: no temperature
     model.set_generation_params(duration=1.0)
 
 
@@ -77,8 +87,13 @@ def test_bad_generation_params(model, kwargs, match):
 
 @pytest.mark.parametrize(
     "descriptions, match",
-    [([], "empty"), ("dog barking", "single string"), (["ok", 3], "description 1 is a int"),
-     (["ok", None], "description 1 is a NoneType"), (None, "must be a list")],
+    [
+        ([], "empty"),
+        ("dog barking", "single string"),
+        (["ok", 3], "description 1 is a int"),
+        (["ok", None], "description 1 is a NoneType"),
+        (None, "must be a list"),
+    ],
 )
 def test_bad_descriptions(model, descriptions, match):
     with pytest.raises(ValueError, match=match):
@@ -96,11 +111,16 @@ def test_bad_counts_and_seeds(model):
 def test_continuation(model):
     model.set_generation_params(duration=1.0)
     rng = np.random.default_rng(0)
-    prompt = (0.1 * rng.standard_normal((1, 8000))).astype(np.float32)  # 0.5 s at 16 kHz, mono [C, W]
-    wav, codes = model.generate_continuation(prompt, 16000, ["footsteps"], seed=0, return_tokens=True)
+    prompt = (0.1 * rng.standard_normal((1, 8000))).astype(
+        np.float32
+    )  # 0.5 s at 16 kHz, mono [C, W]
+    wav, codes = model.generate_continuation(
+        prompt, 16000, ["footsteps"], seed=0, return_tokens=True
+    )
     assert wav.shape == (1, 1, 16000) and codes.shape == (1, 4, 50)
-    np.testing.assert_array_equal(codes[..., :25],
-                                  np.asarray(model.compression_model.encode(prompt[None])))
+    np.testing.assert_array_equal(
+        codes[..., :25], np.asarray(model.compression_model.encode(prompt[None]))
+    )
     # Another rate is resampled, stereo is mixed down, and descriptions default to unconditional.
     stereo = (0.1 * rng.standard_normal((1, 2, 11025))).astype(np.float32)  # 0.5 s at 22.05 kHz
     wav = model.generate_continuation(stereo, 22050, seed=0)
@@ -192,14 +212,18 @@ def test_hub_download_converts_once_then_uses_the_cache(release_files, tmp_path,
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub)
     conversions = []
     real = convert.convert_lm
-    monkeypatch.setattr(convert, "convert_lm", lambda *a, **k: (conversions.append(a), real(*a, **k))[1])
+    monkeypatch.setattr(
+        convert, "convert_lm", lambda *a, **k: (conversions.append(a), real(*a, **k))[1]
+    )
     monkeypatch.setenv("AUDIOGEN_JAX_CACHE", str(tmp_path / "cache"))
 
     first = AudioGen.from_pretrained(api.DEFAULT_MODEL)
     cached = tmp_path / "cache" / "facebook--audiogen-medium"
     assert os.path.isfile(cached / "config.json") and len(conversions) == 1
     assert (api.DEFAULT_MODEL, api.LM_FILE) in hub.calls and (t5_name, "spiece.model") in hub.calls
-    assert sorted(os.listdir(tmp_path / "cache")) == ["facebook--audiogen-medium"]  # no partial left
+    assert sorted(os.listdir(tmp_path / "cache")) == [
+        "facebook--audiogen-medium"
+    ]  # no partial left
 
     hub.calls.clear()
     second = AudioGen.from_pretrained(api.DEFAULT_MODEL)
@@ -223,8 +247,11 @@ def test_hub_offline_and_corrupt(release_files, tmp_path, monkeypatch):
     with open(files["lm"], "rb") as f:
         (corrupt / api.LM_FILE).write_bytes(f.read()[:5000])
     shutil.copy(files["compression"], corrupt / api.COMPRESSION_FILE)
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
-                        FakeHub({api.DEFAULT_MODEL: str(corrupt), t5_name: files["t5"]}))
+    monkeypatch.setattr(
+        huggingface_hub,
+        "hf_hub_download",
+        FakeHub({api.DEFAULT_MODEL: str(corrupt), t5_name: files["t5"]}),
+    )
     with pytest.raises(CheckpointError, match="(?s)could not be converted.*corrupt download"):
         AudioGen.from_pretrained(api.DEFAULT_MODEL)
     assert not os.path.exists(tmp_path / "cache") or os.listdir(tmp_path / "cache") == []

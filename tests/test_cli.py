@@ -1,5 +1,5 @@
-"""`audiogen-jax generate` / `convert`: files of the right length and rate from the offline tiny-random model,
-options, and bad input (a clear error, exit status != 0, and no output files)."""
+"""`audiogen-jax generate` / `convert`: files of the right length and rate from the offline
+tiny-random model, options, and bad input (a clear error, exit status != 0, and no output files)."""
 
 from __future__ import annotations
 
@@ -21,29 +21,69 @@ def cache(tmp_path_factory):
 
 
 def run(cache, out_dir, *args):
-    return cli.main(["generate", *args, "--model", "tiny-random", "--out-dir", str(out_dir),
-                     "--cache-dir", cache, "--no-progress"])
+    return cli.main(
+        [
+            "generate",
+            *args,
+            "--model",
+            "tiny-random",
+            "--out-dir",
+            str(out_dir),
+            "--cache-dir",
+            cache,
+            "--no-progress",
+        ]
+    )
 
 
 def test_generate_writes_playable_files(cache, tmp_path, capsys):
     out = tmp_path / "out"
-    rc = run(cache, out, "dog barking", "sirens of an emergency vehicle", "--duration", "1", "--seed", "0")
+    rc = run(
+        cache,
+        out,
+        "dog barking",
+        "sirens of an emergency vehicle",
+        "--duration",
+        "1",
+        "--seed",
+        "0",
+    )
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "RANDOM weights" in captured.err  # tiny-random says it makes noise
     paths = captured.out.split()
-    assert [os.path.basename(p) for p in paths] == ["00_dog_barking.wav",
-                                                    "01_sirens_of_an_emergency_vehicle.wav"]
-    assert sorted(os.listdir(out)) == sorted(os.path.basename(p) for p in paths)  # nothing else left
+    assert [os.path.basename(p) for p in paths] == [
+        "00_dog_barking.wav",
+        "01_sirens_of_an_emergency_vehicle.wav",
+    ]
+    assert sorted(os.listdir(out)) == sorted(
+        os.path.basename(p) for p in paths
+    )  # nothing else left
     for p in paths:
         info = soundfile.info(p)
-        assert (info.samplerate, info.frames, info.channels, info.subtype) == (16000, 16000, 1, "PCM_16")
+        assert (info.samplerate, info.frames, info.channels, info.subtype) == (
+            16000,
+            16000,
+            1,
+            "PCM_16",
+        )
         wav, _ = soundfile.read(p)
         assert np.abs(wav).max() > 0
     # Same seed, same greedy-or-sampled output.
     again = tmp_path / "again"
-    assert run(cache, again, "dog barking", "sirens of an emergency vehicle", "--duration", "1",
-               "--seed", "0") == 0
+    assert (
+        run(
+            cache,
+            again,
+            "dog barking",
+            "sirens of an emergency vehicle",
+            "--duration",
+            "1",
+            "--seed",
+            "0",
+        )
+        == 0
+    )
     first, _ = soundfile.read(paths[0])
     second, _ = soundfile.read(again / "00_dog_barking.wav")
     np.testing.assert_array_equal(first, second)
@@ -52,11 +92,33 @@ def test_generate_writes_playable_files(cache, tmp_path, capsys):
 def test_continue_flac_greedy_and_progress(cache, tmp_path, capsys):
     prompt = tmp_path / "prompt.wav"
     rng = np.random.default_rng(0)
-    soundfile.write(prompt, 0.1 * rng.standard_normal((11025, 2)), 22050)  # 0.5 s stereo at 22.05 kHz
+    soundfile.write(
+        prompt, 0.1 * rng.standard_normal((11025, 2)), 22050
+    )  # 0.5 s stereo at 22.05 kHz
     out = tmp_path / "out"
-    rc = cli.main(["generate", "footsteps", "--continue", str(prompt), "--duration", "1", "--greedy",
-                   "--cfg-coef", "2", "--format", "flac", "--strategy", "peak", "--model", "tiny-random",
-                   "--out-dir", str(out), "--cache-dir", cache])
+    rc = cli.main(
+        [
+            "generate",
+            "footsteps",
+            "--continue",
+            str(prompt),
+            "--duration",
+            "1",
+            "--greedy",
+            "--cfg-coef",
+            "2",
+            "--format",
+            "flac",
+            "--strategy",
+            "peak",
+            "--model",
+            "tiny-random",
+            "--out-dir",
+            str(out),
+            "--cache-dir",
+            cache,
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "generating" in captured.err  # the tqdm bar
@@ -102,7 +164,10 @@ def test_unwritable_output_directory(cache, tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, match",
     [
-        (["a", "--top-k", "33", "--duration", "1"], "top_k must be in"),  # the tiny codebooks hold 32
+        (
+            ["a", "--top-k", "33", "--duration", "1"],
+            "top_k must be in",
+        ),  # the tiny codebooks hold 32
         (["a", "--duration", "0.2", "--continue", "PROMPT"], "shorter than the duration"),
         (["a", "--duration", "1", "--continue", "PROMPT3"], "3 channels"),
         (["a", "--duration", "1", "--continue", "NOTAUDIO"], "not a readable audio file"),
@@ -139,4 +204,6 @@ def test_console_script_and_convert_usage(tmp_path):
     res = subprocess.run([exe], capture_output=True, text=True)
     assert res.returncode == 2 and "usage" in res.stderr
     assert cli.main(["convert", "--out", str(tmp_path / "x")]) == 2
-    assert cli.main(["convert", "--lm", str(tmp_path / "none.bin"), "--out", str(tmp_path / "x")]) == 1
+    assert (
+        cli.main(["convert", "--lm", str(tmp_path / "none.bin"), "--out", str(tmp_path / "x")]) == 1
+    )

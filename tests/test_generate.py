@@ -1,10 +1,11 @@
-"""Generation: the scan loop against a literal transcription of the reference loop, bucketing, seeds, the
-progress; and greedy token parity with audiocraft (tiny and medium widths).
+"""Generation: the scan loop against a literal transcription of the reference loop, bucketing,
+seeds, progress; and greedy token parity with audiocraft (tiny and medium widths).
 
-Parity runs the whole chain a user runs: the reference AudioGen is built with random weights, saved in the
-release formats (LM fp16 like `state_dict.bin`, EnCodec fp32, a Hugging Face T5 directory), converted with
-`convert_weights.py`, loaded with `AudioGen.from_pretrained`, and both generate greedily with CFG 3.0. The
-reference's LM is loaded from the same fp16 export, so both run the fp16-rounded weights.
+Parity runs the whole chain a user runs: the reference AudioGen is built with random weights, saved
+in the release formats (LM fp16 like `state_dict.bin`, EnCodec fp32, a Hugging Face T5 directory),
+converted with `convert_weights.py`, loaded with `AudioGen.from_pretrained`, and both generate
+greedily with CFG 3.0. The reference's LM is loaded from the same fp16 export, so both run the
+fp16-rounded weights.
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ from audiogen_jax.config import LMConfig
 
 GREEDY = sampling.SamplingParams(use_sampling=False, cfg_coef=3.0)
 DESCRIPTIONS = ["dog barking", "sirens of an emergency vehicle in a busy city street", "rain"]
-# Decoded audio, ours vs the reference's EnCodec on the same codes: max |diff| measured 4.5e-8 (tiny, peak
+# Decoded audio, ours vs the reference's EnCodec on the same codes: max |diff| measured 4.5e-8
+# (tiny, peak
 # 0.14) and 2.2e-7 (medium widths, peak 0.29); see docs/parity.md (## Generation).
 WAV_ATOL = 1e-6
 
 
 class TableConditioner(nnx.Module):
-    """A stand-in text encoder for the loop tests: a lookup table, zeroed where the mask is 0 (as T5's)."""
+    """A stand-in text encoder for the loop tests: a lookup table, zeroed where the mask is 0."""
 
     def __init__(self, vocab: int, dim: int, rngs: nnx.Rngs):
         self.table = nnx.Param(jax.random.normal(rngs.params(), (vocab, dim)))
@@ -51,7 +53,8 @@ def tiny():
 
 
 def literal_greedy(lm, cond, ids, mask, T, prompt=None, coef=3.0):
-    """The reference's `LMModel.generate` loop, transcribed: teacher-forced logits of the whole sequence
+    """The reference's `LMModel.generate` loop, transcribed: teacher-forced logits of the whole
+    sequence
     so far (no cache), guidance, argmax, special where masked, write only unknown cells."""
     cfg = lm.config
     B, K, special = ids.shape[0] // 2, cfg.n_q, cfg.card
@@ -63,10 +66,12 @@ def literal_greedy(lm, cond, ids, mask, T, prompt=None, coef=3.0):
     seq = patterns.build_delayed(codes, cfg.delays, special)
     valid = patterns.delay_mask(cfg.delays, T)
     for s in range(patterns.first_step_with(T0, cfg.delays), seq.shape[-1]):
-        # Causal LM: the logits at s - 1 see only steps < s, so feeding the whole buffer (unknown cells
-        # as special) gives the same numbers as feeding seq[..., :s], with one compilation.
+        # Causal LM: the logits at s - 1 see only steps < s, so feeding the whole buffer (unknown
+        # cells as special) gives the same numbers as feeding seq[..., :s], with one compilation.
         x = np.where(seq == -1, special, seq)
-        logits = np.asarray(lmlib.forward(lm, jnp.asarray(np.concatenate([x, x])), condition))[:, :, s - 1]
+        logits = np.asarray(lmlib.forward(lm, jnp.asarray(np.concatenate([x, x])), condition))[
+            :, :, s - 1
+        ]
         guided = logits[B:] + (logits[:B] - logits[B:]) * coef
         nxt = guided.argmax(-1)
         nxt[:, ~valid[:, s]] = special
@@ -78,8 +83,17 @@ def literal_greedy(lm, cond, ids, mask, T, prompt=None, coef=3.0):
 def test_greedy_equals_the_literal_reference_loop(tiny, T, T0, bucket):
     lm, cond, ids, mask = tiny
     prompt = np.random.default_rng(T0).integers(0, lm.config.card, (2, 4, T0)) if T0 else None
-    ours = gen.generate_codes(lm, cond, ids, mask, T, key=jax.random.key(0), params=GREEDY,
-                              prompt_BKT=prompt, frame_bucket=bucket)
+    ours = gen.generate_codes(
+        lm,
+        cond,
+        ids,
+        mask,
+        T,
+        key=jax.random.key(0),
+        params=GREEDY,
+        prompt_BKT=prompt,
+        frame_bucket=bucket,
+    )
     expected = literal_greedy(lm, cond, ids, mask, T, prompt)
     np.testing.assert_array_equal(ours, expected)
     assert ours.dtype == np.int32 and ours.shape == (2, 4, T)
@@ -89,9 +103,13 @@ def test_greedy_equals_the_literal_reference_loop(tiny, T, T0, bucket):
 
 def test_bucketing_reuses_the_program(tiny):
     lm, cond, ids, mask = tiny
-    run = lambda T, ids=ids, coef=3.0: gen.generate_codes(  # noqa: E731
-        lm, cond, ids, mask, T, key=jax.random.key(0),
-        params=sampling.SamplingParams(use_sampling=False, cfg_coef=coef), frame_bucket=8)
+
+    def run(T, ids=ids, coef=3.0):
+        params = sampling.SamplingParams(use_sampling=False, cfg_coef=coef)
+        return gen.generate_codes(
+            lm, cond, ids, mask, T, key=jax.random.key(0), params=params, frame_bucket=8
+        )
+
     a = run(9)
     n = gen._token_program._cache_size()
     b = run(14)  # same bucket (16 frames)
@@ -101,8 +119,9 @@ def test_bucketing_reuses_the_program(tiny):
     run(12, coef=5.0)  # a new guidance coefficient is a traced argument
     assert gen._token_program._cache_size() == n
     # Bucketed and exact shapes give the same tokens.
-    np.testing.assert_array_equal(a, gen.generate_codes(lm, cond, ids, mask, 9, key=jax.random.key(0),
-                                                        params=GREEDY))
+    np.testing.assert_array_equal(
+        a, gen.generate_codes(lm, cond, ids, mask, 9, key=jax.random.key(0), params=GREEDY)
+    )
     assert b.shape == (2, 4, 14)
     n = gen._token_program._cache_size()
     run(17)  # the next bucket compiles once
@@ -112,8 +131,12 @@ def test_bucketing_reuses_the_program(tiny):
 def test_sampling_is_deterministic_per_seed(tiny):
     lm, cond, ids, mask = tiny
     params = sampling.SamplingParams(use_sampling=True, top_k=5, temperature=1.0, cfg_coef=3.0)
-    run = lambda seed: gen.generate_codes(lm, cond, ids, mask, 12, key=jax.random.key(seed),  # noqa: E731
-                                          params=params, frame_bucket=8)
+
+    def run(seed):
+        return gen.generate_codes(
+            lm, cond, ids, mask, 12, key=jax.random.key(seed), params=params, frame_bucket=8
+        )
+
     a, b, c = run(1), run(1), run(2)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
@@ -135,10 +158,29 @@ def test_progress_reports_every_step_and_changes_nothing(tiny, monkeypatch):
 
     monkeypatch.setattr(gen, "_progress_bar", recorder)
     prompt = np.zeros((2, 4, 3), np.int32)
-    quiet = gen.generate_codes(lm, cond, ids, mask, 10, key=jax.random.key(0), params=GREEDY,
-                               prompt_BKT=prompt, frame_bucket=8)
-    loud = gen.generate_codes(lm, cond, ids, mask, 10, key=jax.random.key(0), params=GREEDY,
-                              prompt_BKT=prompt, frame_bucket=8, progress=True)
+    quiet = gen.generate_codes(
+        lm,
+        cond,
+        ids,
+        mask,
+        10,
+        key=jax.random.key(0),
+        params=GREEDY,
+        prompt_BKT=prompt,
+        frame_bucket=8,
+    )
+    loud = gen.generate_codes(
+        lm,
+        cond,
+        ids,
+        mask,
+        10,
+        key=jax.random.key(0),
+        params=GREEDY,
+        prompt_BKT=prompt,
+        frame_bucket=8,
+        progress=True,
+    )
     np.testing.assert_array_equal(quiet, loud)
     # S - start steps: (10 + 3 + 1) - (3 + 1).
     assert totals == [10] and sorted(seen) == list(range(10))
@@ -176,16 +218,22 @@ def _bundle(kind: str):
 
     if kind == "tiny":
         return refmodels.Bundle.tiny()
-    # Medium widths everywhere (EnCodec 16 kHz, T5 d_model 1024, LM D 1536 / 24 heads), 2 layers each.
-    return refmodels.Bundle(EncodecConfig.medium(), dataclasses.replace(T5Config.large(), num_layers=2),
-                            LMConfig.medium(num_layers=2), "t5-large")
+    # Medium widths everywhere (EnCodec 16 kHz, T5 d_model 1024, LM D 1536 / 24 heads), 2 layers
+    # each.
+    return refmodels.Bundle(
+        EncodecConfig.medium(),
+        dataclasses.replace(T5Config.large(), num_layers=2),
+        LMConfig.medium(num_layers=2),
+        "t5-large",
+    )
 
 
 _PAIRS: dict[str, tuple] = {}
 
 
 def _pair(kind: str, tmp_path_factory):
-    """(kind, reference AudioGen, our AudioGen) on the same random weights, via the release file formats.
+    """(kind, reference AudioGen, our AudioGen) on the same random weights, via the release file
+    formats.
     Built once per module run."""
     if kind not in _PAIRS:
         import refmodels
@@ -196,7 +244,11 @@ def _pair(kind: str, tmp_path_factory):
         root = tmp_path_factory.mktemp(f"gen_{kind}")
         files = refmodels.write_checkpoints(root / "release", bundle)
         converted = refmodels.convert(files, root / "converted", "float32")
-        _PAIRS[kind] = (kind, refmodels.reference_audiogen(files, bundle), AudioGen.from_pretrained(converted))
+        _PAIRS[kind] = (
+            kind,
+            refmodels.reference_audiogen(files, bundle),
+            AudioGen.from_pretrained(converted),
+        )
     return _PAIRS[kind]
 
 
@@ -212,7 +264,7 @@ def _free_pairs():
 
 
 def _mismatch_report(ours_model, descriptions, ref_codes, our_codes) -> str:
-    """Where the tokens first differ, and the top-2 margin of our guided logits there (near-tie check)."""
+    """Where the tokens first differ, and our top-2 guided-logit margin there (near-tie check)."""
     from audiogen_jax import t5
 
     cfg = ours_model.lm.config
@@ -223,12 +275,18 @@ def _mismatch_report(ours_model, descriptions, ref_codes, our_codes) -> str:
     ids, mask = t5.tokenize(ours_model.tokenizer, list(descriptions) + [None] * len(descriptions))
     condition = ours_model.conditioner(jnp.asarray(ids), jnp.asarray(mask))
     seq = patterns.build_delayed(ref_codes, cfg.delays, cfg.card)
-    logits = np.asarray(lmlib.forward(ours_model.lm, jnp.asarray(np.concatenate([seq, seq])), condition))
+    logits = np.asarray(
+        lmlib.forward(ours_model.lm, jnp.asarray(np.concatenate([seq, seq])), condition)
+    )
     B = len(descriptions)
     guided = logits[B:, :, s - 1] + (logits[:B, :, s - 1] - logits[B:, :, s - 1]) * 3.0
     top2 = np.sort(guided[b, k])[-2:]
-    return (f"{len(diff)} tokens differ; first at b={b} k={k} t={t} (step {s}): reference {ref_codes[b, k, t]}, "
-            f"ours {our_codes[b, k, t]}; top-2 margin of the guided logits there {top2[1] - top2[0]:.3g}")
+    return (
+        f"{len(diff)} tokens differ; first at b={b} k={k} t={t} (step {s}): reference "
+        f"{ref_codes[b, k, t]}, "
+        f"ours {our_codes[b, k, t]}; top-2 margin of the guided logits there "
+        f"{top2[1] - top2[0]:.3g}"
+    )
 
 
 def _reference_generate(ref, fn, *args, **kwargs):
@@ -268,13 +326,16 @@ def test_greedy_continuation_matches_reference(pair):
             m.set_generation_params(duration=1.2, use_sampling=False, cfg_coef=3.0)
         import torch
 
-        ref_wav, ref_codes = _reference_generate(ref, ref.generate_continuation, torch.from_numpy(prompt),
-                                                 ours.sample_rate, descriptions)
-        wav, codes = ours.generate_continuation(prompt, ours.sample_rate, descriptions, seed=0,
-                                                return_tokens=True)
+        ref_wav, ref_codes = _reference_generate(
+            ref, ref.generate_continuation, torch.from_numpy(prompt), ours.sample_rate, descriptions
+        )
+        wav, codes = ours.generate_continuation(
+            prompt, ours.sample_rate, descriptions, seed=0, return_tokens=True
+        )
         assert codes.shape == (2, 4, 60)
-        assert np.array_equal(codes, ref_codes), _mismatch_report(ours, ["footsteps on gravel", None],
-                                                                  ref_codes, codes)
+        assert np.array_equal(codes, ref_codes), _mismatch_report(
+            ours, ["footsteps on gravel", None], ref_codes, codes
+        )
         np.testing.assert_allclose(wav, ref_wav, rtol=0, atol=WAV_ATOL)
     else:
         # The LM with prompt codes (the codec's own parity is tests/test_encodec.py's).
@@ -285,15 +346,27 @@ def test_greedy_continuation_matches_reference(pair):
         prompt = rng.integers(0, ours.lm.config.card, (3, 4, T0))
         attrs = [ConditioningAttributes(text={"description": d}) for d in DESCRIPTIONS]
         with torch.no_grad():
-            ref_codes = ref.lm.generate(torch.from_numpy(prompt), attrs, max_gen_len=T, use_sampling=False,
-                                        cfg_coef=3.0).numpy()
+            ref_codes = ref.lm.generate(
+                torch.from_numpy(prompt), attrs, max_gen_len=T, use_sampling=False, cfg_coef=3.0
+            ).numpy()
         ours.set_generation_params(duration=T / ours.frame_rate, use_sampling=False, cfg_coef=3.0)
         from audiogen_jax import t5
 
         ids, mask = t5.tokenize(ours.tokenizer, DESCRIPTIONS + [None] * 3)
-        codes = gen.generate_codes(ours.lm, ours.conditioner, ids, mask, T, key=jax.random.key(0),
-                                   params=ours.params, prompt_BKT=prompt, frame_bucket=50)
-        assert np.array_equal(codes, ref_codes), _mismatch_report(ours, DESCRIPTIONS, ref_codes, codes)
+        codes = gen.generate_codes(
+            ours.lm,
+            ours.conditioner,
+            ids,
+            mask,
+            T,
+            key=jax.random.key(0),
+            params=ours.params,
+            prompt_BKT=prompt,
+            frame_bucket=50,
+        )
+        assert np.array_equal(codes, ref_codes), _mismatch_report(
+            ours, DESCRIPTIONS, ref_codes, codes
+        )
 
 
 @pytest.mark.parity
