@@ -235,9 +235,9 @@ transformer_lm:
   emb_lr: null
   activation: gelu
   norm_first: true
-  bias_ff: false
-  bias_attn: false
-  bias_proj: false
+  bias_ff: {str(cfg.bias_ff).lower()}
+  bias_attn: {str(cfg.bias_attn).lower()}
+  bias_proj: {str(cfg.bias_proj).lower()}
   past_context: null
   causal: true
   custom: false
@@ -282,9 +282,9 @@ def build_reference(cfg: LMConfig, seed: int):
         hidden_scale=cfg.hidden_scale,
         norm="layer_norm",
         norm_first=True,
-        bias_ff=False,
-        bias_attn=False,
-        bias_proj=False,
+        bias_ff=cfg.bias_ff,
+        bias_attn=cfg.bias_attn,
+        bias_proj=cfg.bias_proj,
         causal=True,
         cross_attention=True,
         memory_efficient=True,
@@ -298,7 +298,7 @@ def build_reference(cfg: LMConfig, seed: int):
     ).eval()
     with torch.no_grad():
         for name, p in ref.named_parameters():
-            if "norm" in name:  # ones/zeros at init would hide a scale/bias mix-up
+            if "norm" in name or "bias" in name:  # ones/zeros at init would hide a mix-up
                 p.add_(0.1 * torch.randn_like(p))
             p.copy_(p.half().float())
     state = dict(ref.state_dict())
@@ -449,6 +449,29 @@ def test_synthetic_state_dict_keys_match_reference(reference):
     assert {k: tuple(v.shape) for k, v in state.items()} == synthetic
     medium = load_bench().audiocraft_lm_shapes(LMConfig.medium())
     assert sum(int(np.prod(s)) for s in medium.values()) == 1_839_131_136
+
+
+@pytest.mark.parity
+def test_biases_parity(reference, tmp_path):
+    """bias_ff / bias_attn / bias_proj = true (AudioGen has none; the port supports them): teacher-forced parity."""
+    from refutil import save_audiocraft_package
+
+    cfg = LMConfig.from_dict(
+        {**LMConfig.tiny().to_dict(), "bias_ff": True, "bias_attn": True, "bias_proj": True}
+    )
+    ref, state = build_reference(cfg, seed=3)
+    assert any(k.endswith("in_proj_bias") for k in state) and "linears.0.bias" in state
+    save_audiocraft_package(
+        tmp_path / "sd.bin", state, xp_cfg_yaml(cfg, "t5-small-test"), half=True
+    )
+    convert.convert_lm(tmp_path / "sd.bin", tmp_path / "out")
+    model = lm_lib.LMModel.from_pretrained(tmp_path / "out")
+    rng = np.random.default_rng(3)
+    seq = delayed(rng.integers(0, cfg.card, (2, cfg.n_q, 20)), cfg.delays, cfg.card)
+    cond, mask = conditions(rng, 2, 5, cfg.dim, [5, 2])
+    err = rel_err(lm_lib.forward(model, seq, cond), reference_logits(ref, seq, cond, mask))
+    print(f"tiny with biases: teacher-forced rel err {err:.2e}")
+    assert err < TOL_FP32
 
 
 # --------------------------------------------------------------------------------------------------
