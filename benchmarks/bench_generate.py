@@ -127,6 +127,23 @@ def read_bandwidth_gbs(nbytes: int, repeats: int = 5) -> float:
     return nbytes / best / 1e9
 
 
+def device_bandwidth_gbs(nbytes: int, repeats: int = 5) -> float:
+    """Best-of-`repeats` jitted sum over a float32 array on JAX's default device (GPU memory bandwidth)."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.ones(nbytes // 4, jnp.float32)
+    total = jax.jit(jnp.sum)
+    total(a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        total(a).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    del a
+    return nbytes / best / 1e9
+
+
 def weight_bytes_per_step(cfg, itemsize: int, cross_kv_cached: bool) -> int:
     """Bytes of LM weights one decoding step reads (embedding rows are gathered, not streamed)."""
     D, F, V, K = cfg.dim, cfg.ffn_dim, cfg.card, cfg.n_q
@@ -162,7 +179,7 @@ def run_reference(args, files, bundle) -> dict:
     torch.set_num_threads(1 if args.tiny else os.cpu_count() or 1)
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    model = reference_audiogen(files, bundle, lm_dtype=args.dtype)
+    model = reference_audiogen(files, bundle, lm_dtype=args.dtype, device=args.reference_device)
     tensors = [
         *model.lm.parameters(),
         *model.lm.buffers(),
@@ -338,6 +355,8 @@ def run_child(args, impl: str, dtype: str | None, result_path: str) -> dict:
         result_path,
         "--batch",
         *map(str, args.batch),
+        "--reference-device",
+        args.reference_device,
     ]
     if dtype:
         cmd += ["--dtype", dtype]
@@ -434,6 +453,11 @@ def main(argv: list[str] | None = None) -> int:
         "--bandwidth-gib", type=float, default=None, help="size of the bandwidth probe array"
     )
     ap.add_argument("--json", help="write the full results here")
+    ap.add_argument(
+        "--reference-device",
+        default="cpu",
+        help="torch device of the reference (e.g. cuda on a GPU machine)",
+    )
     ap.add_argument("--child", choices=["prepare", "reference", "jax"], help=argparse.SUPPRESS)
     ap.add_argument("--dtype", choices=DTYPES, default="float32", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
@@ -465,14 +489,15 @@ def main(argv: list[str] | None = None) -> int:
             convert(files, os.path.join(args.workdir, dtype), dtype)
     prepare_s = time.perf_counter() - t0
     probe = int((args.bandwidth_gib or (0.25 if args.tiny else 2.0)) * GIB)
-    bandwidth = read_bandwidth_gbs(probe)
-    print(
-        f"read bandwidth (numpy sum, {probe / GIB:g} GiB, best of 5): {bandwidth:.1f} GB/s",
-        flush=True,
-    )
-
     import jax
 
+    on_cpu = jax.default_backend() == "cpu"
+    bandwidth = read_bandwidth_gbs(probe) if on_cpu else device_bandwidth_gbs(probe)
+    print(
+        f"read bandwidth ({'numpy' if on_cpu else jax.default_backend()} sum, {probe / GIB:g} GiB, "
+        f"best of 5): {bandwidth:.1f} GB/s",
+        flush=True,
+    )
     report = {
         "duration_s": args.duration,
         "batches": args.batch,
@@ -481,6 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         "tiny": args.tiny,
         "cpu_count": os.cpu_count(),
         "jax": jax.__version__,
+        "backend": jax.default_backend(),
         "results": [],
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }

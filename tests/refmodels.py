@@ -153,12 +153,15 @@ def convert(files: dict[str, str], out_dir: str | os.PathLike, dtype: str) -> st
     return out_dir
 
 
-def reference_audiogen(files: dict[str, str], bundle: Bundle, lm_dtype: str = "float32"):
+def reference_audiogen(
+    files: dict[str, str], bundle: Bundle, lm_dtype: str = "float32", device: str = "cpu"
+):
     """audiocraft's `AudioGen` on the weights in `files`: EnCodec, T5Conditioner and LM as the loaders build them.
 
     The LM is built on the meta device (no init cost) and filled from the fp16 export with
     `load_state_dict`, which upcasts to float32 like audiocraft's CPU loader; `lm_dtype='bfloat16'` then
     casts it with `lm.to(torch.bfloat16)` (T5 and EnCodec stay float32, as in reference-setup.md §5).
+    On a CUDA `device`, audiocraft itself runs generation under float16 autocast.
     """
     import torch
     import transformers
@@ -179,13 +182,13 @@ def reference_audiogen(files: dict[str, str], bundle: Bundle, lm_dtype: str = "f
     conditioners.T5EncoderModel, conditioners.T5Tokenizer = fake(hf), fake(tok)
     try:
         text = conditioners.T5Conditioner(
-            "t5-large", output_dim=cfg.dim, finetune=False, device="cpu"
+            "t5-large", output_dim=cfg.dim, finetune=False, device=device
         )
     finally:
         conditioners.T5EncoderModel, conditioners.T5Tokenizer = saved
     if text.output_proj.in_features != bundle.t5.d_model:  # a tiny T5: the name fixes 1024 inputs
         text.output_proj = torch.nn.Linear(bundle.t5.d_model, cfg.dim)
-    provider = conditioners.ConditioningProvider({"description": text})
+    provider = conditioners.ConditioningProvider({"description": text}, device=device)
     fuser = conditioners.ConditionFuser(
         {"cross": ["description"], "prepend": [], "sum": [], "input_interpolate": []}
     )
@@ -230,4 +233,6 @@ def reference_audiogen(files: dict[str, str], bundle: Bundle, lm_dtype: str = "f
         lm = lm.to(torch.bfloat16)
     elif lm_dtype != "float32":
         raise ValueError(f"lm_dtype must be float32 or bfloat16, got {lm_dtype!r}")
-    return AudioGen("audiogen-random", codec, lm, max_duration=cfg.max_duration)
+    return AudioGen(
+        "audiogen-random", codec.to(device), lm.to(device), max_duration=cfg.max_duration
+    )
