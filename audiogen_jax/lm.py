@@ -26,8 +26,10 @@ Differences from the reference:
     (same rows, same math).
   - The self-attention cache is preallocated to `max_steps` and written in place with
     `dynamic_update_slice`; attention runs over the whole cache with a position mask, instead of
-    growing the cache with `torch.cat`. The reference refuses a multi-step call on a non-empty
-    cache; `step` allows it (causal within the block), which a prompt prefill uses.
+    growing the cache with `torch.cat`. The cache is head-major ([B, N, M, H], the reference's is
+    [B, M, N, H]) so the attention products read it without a per-step transposed copy
+    (docs/performance.md). The reference refuses a multi-step call on a non-empty cache; `step`
+    allows it (causal within the block), which a prompt prefill uses.
   - Cross-attention keys/values of the condition are computed once per generation (`init_cache`),
     not at every step as the reference does.
   - Linear kernels are stored `[in, out]` for float32 weights (the fastest layout for XLA:CPU),
@@ -160,15 +162,19 @@ class LayerNorm(nnx.Module):
 
 
 def _attend(
-    q_BSNH: jax.Array, k_BMNH: jax.Array, v_BMNH: jax.Array, mask_SM: jax.Array | None
+    q_BNSH: jax.Array, k_BNMH: jax.Array, v_BNMH: jax.Array, mask_SM: jax.Array | None
 ) -> jax.Array:
-    """Scaled dot-product attention (scale 1/sqrt(H)); `mask_SM` True where a query may look."""
-    scale = 1.0 / math.sqrt(q_BSNH.shape[-1])
-    scores_BNSM = jnp.einsum("BSNH,BMNH->BNSM", q_BSNH * scale, k_BMNH)
+    """Scaled dot-product attention (scale 1/sqrt(H)); `mask_SM` True where a query may look.
+
+    Everything is head-major ([B, N, ., H]): both products are then batched over (B, N) with no
+    transpose of the keys/values, which XLA would otherwise copy from the cache at every step.
+    """
+    scale = 1.0 / math.sqrt(q_BNSH.shape[-1])
+    scores_BNSM = jnp.einsum("BNSH,BNMH->BNSM", q_BNSH * scale, k_BNMH)
     if mask_SM is not None:
         scores_BNSM = jnp.where(mask_SM, scores_BNSM, _MASKED)
     weights_BNSM = jax.nn.softmax(scores_BNSM, axis=-1)
-    return jnp.einsum("BNSM,BMNH->BSNH", weights_BNSM, v_BMNH)
+    return jnp.einsum("BNSM,BNMH->BNSH", weights_BNSM, v_BNMH)
 
 
 class Attention(nnx.Module):
@@ -191,10 +197,13 @@ class Attention(nnx.Module):
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = lin(), lin(), lin(), lin()
 
     def heads(self, proj: Linear, x_BSD: jax.Array) -> jax.Array:
+        """proj(x) split into heads, head-major: [B, N, S, H]."""
         y = proj(x_BSD)
-        return y.reshape(*y.shape[:-1], self.num_heads, y.shape[-1] // self.num_heads)
+        y = y.reshape(*y.shape[:-1], self.num_heads, y.shape[-1] // self.num_heads)
+        return jnp.swapaxes(y, -3, -2)
 
-    def output(self, o_BSNH: jax.Array) -> jax.Array:
+    def output(self, o_BNSH: jax.Array) -> jax.Array:
+        o_BSNH = jnp.swapaxes(o_BNSH, -3, -2)
         return self.out_proj(o_BSNH.reshape(*o_BSNH.shape[:-2], -1))
 
 
@@ -214,18 +223,18 @@ class TransformerLayer(nnx.Module):
         ca = self.cross_attention
         return ca.heads(ca.k_proj, condition_BLD), ca.heads(ca.v_proj, condition_BLD)
 
-    def __call__(self, x_BSD, cross_k_BLNH, cross_v_BLNH, past, start):
+    def __call__(self, x_BSD, cross_k_BNLH, cross_v_BNLH, past, start):
         """One layer over S new steps.
 
         Args:
           x_BSD: the residual stream of the new steps.
-          cross_k_BLNH, cross_v_BLNH: the condition's keys/values for this layer.
+          cross_k_BNLH, cross_v_BNLH: the condition's keys/values for this layer.
           past: None (teacher forcing: attend causally within x) or the layer's cache
-            (keys_BMNH, values_BMNH), into which the new keys/values are written at `start`.
+            (keys_BNMH, values_BNMH), into which the new keys/values are written at `start`.
           start: int32 scalar, position of the first new step.
 
         Returns:
-          (x_BSD, (keys_BMNH, values_BMNH) or None).
+          (x_BSD, (keys_BNMH, values_BNMH) or None).
         """
         sa = self.self_attn
         h = self.norm1(x_BSD)
@@ -237,18 +246,18 @@ class TransformerLayer(nnx.Module):
         else:
             zero = jnp.zeros((), jnp.int32)
             keys = jax.lax.dynamic_update_slice(
-                past[0], k.astype(past[0].dtype), (zero, start, zero, zero)
+                past[0], k.astype(past[0].dtype), (zero, zero, start, zero)
             )
             values = jax.lax.dynamic_update_slice(
-                past[1], v.astype(past[1].dtype), (zero, start, zero, zero)
+                past[1], v.astype(past[1].dtype), (zero, zero, start, zero)
             )
             query_pos = start + jnp.arange(S, dtype=jnp.int32)
-            mask_SM = jnp.arange(keys.shape[1], dtype=jnp.int32)[None, :] <= query_pos[:, None]
+            mask_SM = jnp.arange(keys.shape[2], dtype=jnp.int32)[None, :] <= query_pos[:, None]
         x_BSD = x_BSD + sa.output(_attend(q, keys, values, mask_SM))
         # No key padding mask, as the reference: padded condition rows are exact zeros.
         ca = self.cross_attention
         q = ca.heads(ca.q_proj, self.norm_cross(x_BSD))
-        x_BSD = x_BSD + ca.output(_attend(q, cross_k_BLNH, cross_v_BLNH, None))
+        x_BSD = x_BSD + ca.output(_attend(q, cross_k_BNLH, cross_v_BNLH, None))
         h = jax.nn.gelu(self.linear1(self.norm2(x_BSD)), approximate=False)
         x_BSD = x_BSD + self.linear2(h)
         return x_BSD, (None if past is None else (keys, values))
@@ -367,8 +376,10 @@ def _file_float_dtype(path: str) -> np.dtype:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class KVCache:
-    """Decoding state: per layer, self-attention keys/values [B, M, N, H] (preallocated to M steps,
-    float32) and the condition's cross-attention keys/values [B, L, N, H] (computed once)."""
+    """Decoding state: per layer, self-attention keys/values [B, N, M, H] (preallocated to M steps,
+    float32) and the condition's cross-attention keys/values [B, N, L, H] (computed once).
+
+    Head-major, the layout the attention products read directly (see `_attend`)."""
 
     keys: tuple[jax.Array, ...]
     values: tuple[jax.Array, ...]
@@ -377,7 +388,7 @@ class KVCache:
 
     @property
     def max_steps(self) -> int:
-        return self.keys[0].shape[1]
+        return self.keys[0].shape[2]
 
     @property
     def batch_size(self) -> int:
@@ -416,7 +427,7 @@ def _forward(lm: LMModel, seq_BKS: jax.Array, condition_BLD: jax.Array) -> jax.A
 def _init_cache(lm: LMModel, condition_BLD: jax.Array, max_steps: int) -> KVCache:
     cfg = lm.config
     B = condition_BLD.shape[0]
-    shape = (B, max_steps, cfg.num_heads, cfg.head_dim)
+    shape = (B, cfg.num_heads, max_steps, cfg.head_dim)
     zeros = tuple(jnp.zeros(shape, jnp.float32) for _ in range(cfg.num_layers))
     cross = [layer.cross_kv(condition_BLD.astype(jnp.float32)) for layer in lm.transformer.layers]
     return KVCache(
