@@ -61,8 +61,34 @@ _MASKED = -1e30
 
 
 def kernel_layout(param_dtype) -> str:
-    """'in_out' for float32 kernels, 'out_in' (checkpoint layout) for 16-bit ones."""
+    """'in_out' for float32 kernels, 'out_in' (checkpoint layout) for 16-bit and int8 ones."""
     return "in_out" if jnp.dtype(param_dtype) == jnp.float32 else "out_in"
+
+
+def _float_dtype(param_dtype) -> jnp.dtype:
+    """The dtype of the non-matmul weights (embeddings, norms, biases): float32 in an int8 model."""
+    return jnp.dtype(jnp.float32) if jnp.dtype(param_dtype) == jnp.int8 else jnp.dtype(param_dtype)
+
+
+def quantize_int8(w_OI: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Symmetric per-output-channel int8: w ~ q * scale[:, None] with q in [-127, 127].
+
+    Args:
+      w_OI: a float kernel [out, in].
+
+    Returns:
+      (q int8 [out, in], scale float32 [out]).
+    """
+    w_OI = jnp.asarray(w_OI, jnp.float32)
+    scale_O = jnp.maximum(jnp.abs(w_OI).max(axis=1), 1e-30) / 127.0
+    q = jnp.clip(jnp.round(w_OI / scale_O[:, None]), -127, 127).astype(jnp.int8)
+    return q, scale_O
+
+
+def _int8_rows(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Dynamic symmetric int8 of activations, one scale per row (per token)."""
+    scale = jnp.maximum(jnp.abs(x).max(axis=-1, keepdims=True), 1e-30) / 127.0
+    return jnp.clip(jnp.round(x / scale), -127, 127).astype(jnp.int8), scale
 
 
 def sin_embedding(positions_S: jax.Array, dim: int, max_period: float) -> jax.Array:
@@ -90,7 +116,12 @@ def sin_embedding(positions_S: jax.Array, dim: int, max_period: float) -> jax.Ar
 
 
 class Linear(nnx.Module):
-    """y = x W (+ b), with W stored in the layout that streams fastest for its dtype (see module doc)."""
+    """y = x W (+ b), with W stored in the layout that streams fastest for its dtype (see module doc).
+
+    An int8 `param_dtype` (opt-in, `LMModel.astype(jnp.int8)`) stores W as int8 [out, in] with a
+    float32 scale per output channel (`kernel_scale`); the input is quantized per row on the fly and
+    the product runs int8 x int8 -> int32 (W8A8: XLA:CPU has no fast int8-weight x float dot).
+    """
 
     def __init__(
         self,
@@ -107,14 +138,27 @@ class Linear(nnx.Module):
             (in_features, out_features) if self.layout == "in_out" else (out_features, in_features)
         )
         std = 1.0 / math.sqrt(in_features)
-        self.kernel = nnx.Param(
-            (jax.random.normal(rngs.params(), shape, jnp.float32) * std).astype(param_dtype)
-        )
-        self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype)) if use_bias else None
+        w = jax.random.normal(rngs.params(), shape, jnp.float32) * std
+        scale = None
+        if jnp.dtype(param_dtype) == jnp.int8:
+            if self.layout != "out_in":
+                raise ValueError("int8 kernels are stored [out, in]")
+            w, scale = quantize_int8(w)
+        self.kernel = nnx.Param(w.astype(param_dtype))
+        self.kernel_scale = nnx.Param(scale) if scale is not None else None
+        bias_dtype = _float_dtype(param_dtype)
+        self.bias = nnx.Param(jnp.zeros((out_features,), bias_dtype)) if use_bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         w = self.kernel[...]
         contract_w = 0 if self.layout == "in_out" else 1
+        if self.kernel_scale is not None:
+            x8, x_scale = _int8_rows(x)
+            y = jax.lax.dot_general(
+                x8, w, (((x.ndim - 1,), (1,)), ((), ())), preferred_element_type=jnp.int32
+            )
+            y = y.astype(jnp.float32) * x_scale * self.kernel_scale[...]
+            return y if self.bias is None else y + self.bias[...]
         # 16-bit weights: feed the dot 16-bit inputs and accumulate in float32. A 16x16->16 dot, or
         # an upcast of the weights inside jit, is several times slower on XLA:CPU.
         y = jax.lax.dot_general(
@@ -132,6 +176,7 @@ class Embed(nnx.Module):
     """A lookup table of `num` rows of width `dim` (audiocraft `ScaledEmbedding`: no scaling)."""
 
     def __init__(self, num: int, dim: int, *, param_dtype, rngs: nnx.Rngs):
+        param_dtype = _float_dtype(param_dtype)
         self.embedding = nnx.Param(
             (jax.random.normal(rngs.params(), (num, dim), jnp.float32) / math.sqrt(dim)).astype(
                 param_dtype
@@ -146,6 +191,7 @@ class LayerNorm(nnx.Module):
     """torch `nn.LayerNorm`: two-pass mean and biased variance, in float32."""
 
     def __init__(self, dim: int, *, eps: float, param_dtype):
+        param_dtype = _float_dtype(param_dtype)
         self.eps = eps
         self.scale = nnx.Param(jnp.ones((dim,), param_dtype))
         self.bias = nnx.Param(jnp.zeros((dim,), param_dtype))
@@ -279,7 +325,8 @@ class LMModel(nnx.Module):
     Args:
       cfg: the LM config.
       rngs: random init (tests, the tiny model); converted weights come through `from_pretrained`.
-      param_dtype: weight dtype (float32, or bfloat16 to halve the bytes streamed per step).
+      param_dtype: weight dtype (float32, or bfloat16 to halve the bytes streamed per step; int8
+        quantizes the matmul kernels, an opt-in beyond the reference, see `Linear`).
       layout: override the kernel layout ('in_out' or 'out_in'); default from `param_dtype`.
     """
 
@@ -316,7 +363,8 @@ class LMModel(nnx.Module):
         Args:
           directory: a converted directory (`convert_weights.py --lm ... --out DIR`).
           dtype: None keeps the file's weight dtype (a bf16 file stays bf16); float32 or bfloat16
-            converts after loading (kernels change layout with the dtype, see `kernel_layout`).
+            converts after loading (kernels change layout with the dtype, see `kernel_layout`);
+            int8 quantizes the matmul kernels after loading (load a bf16 file: less memory).
         """
         cfg = LMConfig.from_dict(checkpoint.read_config(directory, "lm"))
         path = os.path.join(directory, checkpoint.WEIGHT_FILES["lm"])
@@ -329,19 +377,35 @@ class LMModel(nnx.Module):
         return lm
 
     def astype(self, dtype) -> LMModel:
-        """A copy with every weight in `dtype`, kernels re-laid out for it."""
+        """A copy with every weight in `dtype`, kernels re-laid out for it.
+
+        int8 is one way: it quantizes the kernels of a float model (`quantize_int8`); embeddings,
+        norms and biases stay float32.
+        """
         dtype = jnp.dtype(dtype)
+        if dtype not in (jnp.float32, jnp.bfloat16, jnp.float16, jnp.int8):
+            raise ValueError(f"LM weights can be float32, bfloat16, float16 or int8, not {dtype}")
+        if self.dtype == jnp.int8:
+            raise ValueError("an int8 model cannot be converted back; load the float weights again")
         new = nnx.eval_shape(lambda: LMModel(self.config, rngs=nnx.Rngs(0), param_dtype=dtype))
         graphdef, new_state = nnx.split(new)
         old = dict(nnx.to_flat_state(nnx.state(self)))
         old_layout = {p: m.layout for p, m in nnx.iter_modules(self) if isinstance(m, Linear)}
         new_layout = {p: m.layout for p, m in nnx.iter_modules(new) if isinstance(m, Linear)}
         flat = nnx.to_flat_state(new_state)
+        scales = {}
         for path, var in flat:
+            if path[-1] == "kernel_scale":
+                continue
             value = old[path].get_value()
             if path[-1] == "kernel" and old_layout[path[:-1]] != new_layout[path[:-1]]:
                 value = value.T
-            var.set_value(jnp.asarray(value, dtype))
+            if path[-1] == "kernel" and dtype == jnp.int8:
+                value, scales[path[:-1] + ("kernel_scale",)] = quantize_int8(value)
+            var.set_value(jnp.asarray(value, var.get_value().dtype))
+        for path, var in flat:
+            if path[-1] == "kernel_scale":
+                var.set_value(scales[path])
         return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
     @property
