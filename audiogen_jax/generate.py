@@ -39,8 +39,9 @@ reference's sliding window (`BaseGenModel._generate_tokens`): each window re-run
 the last `max_frames - stride_frames` frames of the previous window as its prompt and keeps only the
 new frames.
 
-Progress: `progress=True` adds a `jax.debug.callback` in the scan body that moves a tqdm bar; the
-program stays one compiled scan (a separate compilation from the progress-free one). Measured cost
+Progress: `progress=True` adds a `jax.debug.callback` in the scan body that moves a tqdm bar (or,
+with `progress=callable`, calls it with each step's index: benchmarks/bench_generate.py times steps
+this way); the program stays one compiled scan (a separate compilation from the progress-free one). Measured cost
 (2-core CPU, tiny-random, 10 s = 503 steps, best of 5): about 0.4 ms per step, all of it the
 callback's host round trip (tqdm itself adds nothing measurable). That is ~0.1% of an
 AudioGen-medium step (~0.3-0.5 s) but 2-4x the tiny model's 0.2-0.6 ms steps; see
@@ -65,7 +66,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -116,6 +117,15 @@ def _progress_bar(total: int, desc: str) -> Iterator[None]:
         _progress_sink.pop()
         bar.n = total
         bar.close()
+
+
+@contextlib.contextmanager
+def _progress_calls(on_step: Callable[[int], None]) -> Iterator[None]:
+    _progress_sink.append(on_step)
+    try:
+        yield
+    finally:
+        _progress_sink.pop()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -234,7 +244,7 @@ def generate_window(
     prompt_BKT: np.ndarray | None = None,
     frame_bucket: int | None = None,
     max_frames: int | None = None,
-    progress: bool = False,
+    progress: bool | Callable[[int], None] = False,
 ) -> np.ndarray:
     """One call of the reference's `LMModel.generate`: T frames, optionally continuing T0 prompt
     frames.
@@ -251,7 +261,8 @@ def generate_window(
       prompt_BKT: int [B, K, T0] codes to continue, T0 < T; None for no prompt.
       frame_bucket: pad T and T0 up to multiples of this many frames (None: exact shapes).
       max_frames: the largest T the bucketing may pad to (the window).
-      progress: show a tqdm bar over the steps.
+      progress: True shows a tqdm bar over the steps; a callable is called with each step's index
+        (0, 1, ...) as the step finishes.
 
     Returns:
       int32 [B, K, T] numpy codes, prompt included.
@@ -290,11 +301,14 @@ def generate_window(
         frames_b=frames_b,
         prompt_b=prompt_b,
         params=params,
-        progress=progress,
+        progress=bool(progress),
     )
     if progress:
         total = num_frames + max(cfg.delays) - T0 - min(cfg.delays)
-        with _progress_bar(total, "generating"):
+        reporter = (
+            _progress_calls(progress) if callable(progress) else _progress_bar(total, "generating")
+        )
+        with reporter:
             codes = np.asarray(jax.device_get(run()))
     else:
         codes = np.asarray(jax.device_get(run()))
@@ -314,7 +328,7 @@ def generate_codes(
     max_frames: int | None = None,
     stride_frames: int | None = None,
     frame_bucket: int | None = None,
-    progress: bool = False,
+    progress: bool | Callable[[int], None] = False,
     splits: tuple[tuple[Any, Any], tuple[Any, Any]] | None = None,
     seconds: tuple[float, float, float] | None = None,
 ) -> np.ndarray:
@@ -331,7 +345,7 @@ def generate_codes(
       max_frames: frames per window (the model's max_duration * frame_rate); None: no limit.
       stride_frames: how far each new window moves (extend_stride * frame_rate).
       frame_bucket: pad shapes to multiples of this many frames (fewer compilations); None: exact.
-      progress: show a tqdm bar per window.
+      progress: True shows a tqdm bar per window; a callable is called with each step's index.
       splits: `(nnx.split(lm), nnx.split(conditioner))`, to skip re-splitting on every call.
       seconds: (duration, max_duration, frame_rate): compute each window's length in float seconds
         exactly as the reference does, `int(min(duration - offset / frame_rate, max_duration) *
@@ -411,7 +425,7 @@ def generate(
     max_frames: int | None = None,
     stride_frames: int | None = None,
     frame_bucket: int | None = None,
-    progress: bool = False,
+    progress: bool | Callable[[int], None] = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Text (and optional prompt codes) -> codes [B, K, T] and audio [B, 1, T * hop].
 

@@ -1,6 +1,6 @@
 """Side-by-side text-to-audio generation benchmark: audiogen-jax vs the PyTorch reference (audiocraft 1.3.0).
 
-    .venv/bin/python benchmarks/bench_generate.py                        # full size: fp32 + bf16, 1 description, 1 s
+    .venv/bin/python benchmarks/bench_generate.py                        # full size, 1 description, 1 s
     .venv/bin/python benchmarks/bench_generate.py --batch 1 3 --json bench.json
     .venv/bin/python benchmarks/bench_generate.py --tiny                 # tiny configs, ~1 minute (the smoke test)
 
@@ -13,7 +13,8 @@ What it does, in order:
   2. Measures this machine's read bandwidth: a numpy `sum` over a 2 GiB float32 array, best of 5.
   3. Runs each implementation and dtype in its own child process (so peak RSS is per implementation):
      the reference `AudioGen` built from those same files (`tests/refmodels.reference_audiogen`; its bf16 is
-     `lm.to(torch.bfloat16)`), and `audiogen_jax.AudioGen.from_pretrained(converted dir)`. Both generate the
+     `lm.to(torch.bfloat16)`), and `audiogen_jax.AudioGen.from_pretrained(converted dir)` (its int8, an
+     opt-in the reference does not have, quantizes the bfloat16 directory on loading). Both generate the
      same duration for the same descriptions with sampling, top-k 250 (at most the codebook size), top-p 0,
      temperature 1, CFG 3.0.
   4. Prints a table and optionally writes everything to `--json`.
@@ -61,7 +62,7 @@ DESCRIPTIONS = [
     "a crowd applauding",
     "a train passing over a bridge",
 ]
-DTYPES = ("float32", "bfloat16")
+DTYPES = ("float32", "bfloat16", "int8")  # int8: audiogen-jax only (an opt-in beyond the reference)
 GIB = 2**30
 
 
@@ -237,37 +238,17 @@ def run_reference(args, files, bundle) -> dict:
     return out
 
 
-@contextlib.contextmanager
-def jax_step_clock(stamps: list[float]):
-    """Timestamps every decoding step through generate.py's progress callback (instead of a tqdm bar)."""
-    from audiogen_jax import generate as gen
-
-    saved = gen._progress_bar
-
-    @contextlib.contextmanager
-    def clock(total, desc):
-        gen._progress_sink.append(lambda i: stamps.append(time.perf_counter()))
-        try:
-            yield
-        finally:
-            gen._progress_sink.pop()
-
-    gen._progress_bar = clock
-    try:
-        yield
-    finally:
-        gen._progress_bar = saved
-
-
 def run_jax(args, directory, bundle) -> dict:
     import jax
+    import jax.numpy as jnp
     import numpy as np
     from flax import nnx
 
     from audiogen_jax.audiogen import AudioGen
 
     t0 = time.perf_counter()
-    model = AudioGen.from_pretrained(directory)
+    # int8 is quantized on loading, from the bfloat16 directory (see lm.Linear)
+    model = AudioGen.from_pretrained(directory, dtype=jnp.int8 if args.dtype == "int8" else None)
     jax.block_until_ready(jax.tree.leaves(model._splits))
     out = {
         "load_s": time.perf_counter() - t0,
@@ -294,15 +275,17 @@ def run_jax(args, directory, bundle) -> dict:
         descriptions = DESCRIPTIONS[:batch]
         warm: list[float] = []
         t0 = time.perf_counter()
-        with jax_step_clock(warm):
-            model.generate(descriptions, progress=True, seed=0)
+        model.generate(
+            descriptions, progress=lambda i, s=warm: s.append(time.perf_counter()), seed=0
+        )
         first = time.perf_counter() - t0
         stamps: list[float] = []
         reset_peak_rss()
         load = load_average()
         t0 = time.perf_counter()
-        with jax_step_clock(stamps):
-            wav = model.generate(descriptions, progress=True, seed=1)
+        wav = model.generate(
+            descriptions, progress=lambda i, s=stamps: s.append(time.perf_counter()), seed=1
+        )
         total = time.perf_counter() - t0
         out["runs"].append(
             dict(
@@ -331,7 +314,8 @@ def child_main(args) -> None:
     if args.child == "reference":
         result = run_reference(args, files, bundle)
     else:
-        result = run_jax(args, os.path.join(args.workdir, args.dtype), bundle)
+        directory = os.path.join(args.workdir, "bfloat16" if args.dtype == "int8" else args.dtype)
+        result = run_jax(args, directory, bundle)
     result["peak_rss_gib"] = life_peak_rss_gib()
     with open(args.result, "w") as f:
         json.dump(result, f)
@@ -484,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     files = write_checkpoints(
         os.path.join(args.workdir, "src"), bundle
     )  # cached: returns the paths
-    for dtype in args.dtypes:
+    for dtype in {"bfloat16" if d == "int8" else d for d in args.dtypes}:
         if not args.no_jax:
             convert(files, os.path.join(args.workdir, dtype), dtype)
     prepare_s = time.perf_counter() - t0
@@ -510,14 +494,14 @@ def main(argv: list[str] | None = None) -> int:
         "results": [],
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
-    jobs = [] if args.no_reference else [("reference", d) for d in args.dtypes]
+    jobs = [] if args.no_reference else [("reference", d) for d in args.dtypes if d != "int8"]
     jobs += [] if args.no_jax else [("jax", d) for d in args.dtypes]
     for impl, dtype in jobs:
         print(f"running {impl} {dtype} (load average {load_average():.1f}) ...", flush=True)
         result = run_child(
             args, impl, dtype, os.path.join(args.workdir, f"result_{impl}_{dtype}.json")
         )
-        itemsize = 4 if dtype == "float32" else 2
+        itemsize = {"float32": 4, "bfloat16": 2, "int8": 1}[dtype]
         step_bytes = weight_bytes_per_step(bundle.lm, itemsize, cross_kv_cached=impl == "jax")
         result["weight_bytes_per_step"] = step_bytes
         if impl == "jax":

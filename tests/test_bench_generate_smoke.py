@@ -42,9 +42,8 @@ def test_bench_generate_tiny(reference, tmp_path):
     report = json.loads(out.read_text())
     assert report["bandwidth_gbs"] > 0
     got = {(r["impl"], r["dtype"]) for r in report["results"]}
-    assert got == {
-        (impl, dtype) for impl in ("reference", "jax") for dtype in ("float32", "bfloat16")
-    }
+    want = {(impl, dtype) for impl in ("reference", "jax") for dtype in ("float32", "bfloat16")}
+    assert got == want | {("jax", "int8")}
     for r in report["results"]:
         assert r["peak_rss_gib"] > 0 and r["ru_maxrss_gib"] > 0 and r["weight_bytes_per_step"] > 0
         (run,) = r["runs"]
@@ -58,5 +57,6 @@ def test_bench_generate_tiny(reference, tmp_path):
     # the reference reads the cross-attention k/v weights every step; audiogen-jax does not
     by = {(r["impl"], r["dtype"]): r["weight_bytes_per_step"] for r in report["results"]}
     assert by["jax", "float32"] < by["reference", "float32"] == 2 * by["reference", "bfloat16"]
+    assert by["jax", "float32"] == 2 * by["jax", "bfloat16"] == 4 * by["jax", "int8"]
     lines = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
-    assert len(lines) == 1 + 4 and "s/step" in lines[0]
+    assert len(lines) == 1 + 5 and "s/step" in lines[0]
