@@ -23,7 +23,6 @@ Differences from the reference:
 - The LSTM's input projection runs for all time steps in one matmul; only the recurrent product is inside
   the `lax.scan`. Its two biases are summed at conversion.
 - Inference only, no `renormalize` (the converter refuses checkpoints that use it), no streaming state.
-- `frame_rate` is `sample_rate / hop` as a float (the reference rounds it down to an int).
 """
 
 from __future__ import annotations
@@ -39,10 +38,17 @@ from flax import nnx
 
 from audiogen_jax import checkpoint
 from audiogen_jax.config import EncodecConfig
-from audiogen_jax.quantization import ResidualVectorQuantizer
+from audiogen_jax.quantization import ResidualVectorQuantizer, host_random
 
-# torch's default conv init (kaiming_uniform with a=sqrt(5)) is U(+-1/sqrt(fan_in)): variance 1/(3 fan_in).
-_torch_like_init = nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+
+def _uniform(key: jax.Array, shape: tuple[int, ...], bound: float) -> nnx.Param:
+    """A parameter drawn from U(-bound, bound) (numpy on the host: see `host_random`)."""
+    return nnx.Param(host_random(key, shape, lambda g, s: g.uniform(-bound, bound, s)))
+
+
+def _zeros(shape: tuple[int, ...]) -> nnx.Param:
+    return nnx.Param(jax.device_put(np.zeros(shape, np.float32)))
+
 
 # torch F.pad mode -> jnp.pad mode.
 _JNP_PAD_MODES = {
@@ -108,9 +114,10 @@ class Conv1d(nnx.Module):
     ):
         self.stride = stride
         self.dilation = dilation
-        shape = (kernel_size, in_channels, out_channels)
-        self.kernel = nnx.Param(_torch_like_init(rngs.params(), shape, jnp.float32))
-        self.bias = nnx.Param(jnp.zeros((out_channels,), jnp.float32))
+        # torch's default conv init (kaiming_uniform, a=sqrt(5)): U(+-1/sqrt(fan_in)), fan_in = C_in * k.
+        bound = 1 / math.sqrt(in_channels * kernel_size)
+        self.kernel = _uniform(rngs.params(), (kernel_size, in_channels, out_channels), bound)
+        self.bias = _zeros((out_channels,))
 
     def __call__(self, x_BWC: jax.Array) -> jax.Array:
         y = jax.lax.conv_general_dilated(
@@ -137,9 +144,10 @@ class ConvTranspose1d(nnx.Module):
         self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int, rngs: nnx.Rngs
     ):
         self.stride = stride
-        shape = (kernel_size, in_channels, out_channels)
-        self.kernel = nnx.Param(_torch_like_init(rngs.params(), shape, jnp.float32))
-        self.bias = nnx.Param(jnp.zeros((out_channels,), jnp.float32))
+        # torch computes fan_in from its weight's dim 1, which for a transposed conv is C_out.
+        bound = 1 / math.sqrt(out_channels * kernel_size)
+        self.kernel = _uniform(rngs.params(), (kernel_size, in_channels, out_channels), bound)
+        self.bias = _zeros((out_channels,))
 
     def __call__(self, x_BLC: jax.Array) -> jax.Array:
         k, c_in, c_out = self.kernel.shape
@@ -272,16 +280,10 @@ class LSTMLayer(nnx.Module):
     """
 
     def __init__(self, in_dim: int, hidden: int, *, rngs: nnx.Rngs):
-        init = nnx.initializers.uniform(
-            2 / math.sqrt(hidden)
-        )  # torch: U(+-1/sqrt(H)), shifted below
-        self.kernel_ih = nnx.Param(
-            init(rngs.params(), (in_dim, 4 * hidden)) - 1 / math.sqrt(hidden)
-        )
-        self.weight_hh = nnx.Param(
-            init(rngs.params(), (4 * hidden, hidden)) - 1 / math.sqrt(hidden)
-        )
-        self.bias = nnx.Param(jnp.zeros((4 * hidden,), jnp.float32))
+        bound = 1 / math.sqrt(hidden)  # torch: every LSTM weight ~ U(+-1/sqrt(H))
+        self.kernel_ih = _uniform(rngs.params(), (in_dim, 4 * hidden), bound)
+        self.weight_hh = _uniform(rngs.params(), (4 * hidden, hidden), bound)
+        self.bias = _zeros((4 * hidden,))
 
     def __call__(self, x_BTC: jax.Array) -> jax.Array:
         B = x_BTC.shape[0]
@@ -478,7 +480,8 @@ class EncodecModel(nnx.Module):
         return self.config.hop_length
 
     @property
-    def frame_rate(self) -> float:
+    def frame_rate(self) -> int:
+        """Frames per second, `sample_rate // hop_length` (an int, as the reference's builder sets)."""
         return self.config.frame_rate
 
     @property

@@ -21,9 +21,34 @@ Differences from the reference:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+
+
+def host_random(
+    key: jax.Array,
+    shape: tuple[int, ...],
+    draw: Callable[[np.random.Generator, tuple[int, ...]], np.ndarray],
+) -> jax.Array:
+    """float32 random init drawn by numpy from `key`'s bits: `draw(generator, shape)`.
+
+    Run eagerly, `jax.random` compiles a kernel for every distinct parameter shape (seconds for a
+    codec); numpy costs microseconds. Under a trace (`nnx.eval_shape`, `jax.jit`) the same draw runs
+    as a host callback, so a key gives the same values either way.
+    """
+
+    def sample(data):
+        rng = np.random.default_rng(np.asarray(data).ravel().tolist())
+        return np.asarray(draw(rng, shape), np.float32)
+
+    data = jax.random.key_data(key)
+    if isinstance(data, jax.core.Tracer):
+        return jax.pure_callback(sample, jax.ShapeDtypeStruct(shape, jnp.float32), data)
+    return jax.device_put(sample(data))  # (jnp.asarray would compile a copy for every shape)
 
 
 class Codebook(nnx.Module):
@@ -32,7 +57,9 @@ class Codebook(nnx.Module):
     def __init__(self, bins: int, dimension: int, *, rngs: nnx.Rngs):
         # Random codewords (a trained checkpoint overwrites them); audiocraft starts from zeros and
         # fills them by k-means on the first training batch.
-        self.embed = nnx.Param(jax.random.normal(rngs.params(), (bins, dimension), jnp.float32))
+        self.embed = nnx.Param(
+            host_random(rngs.params(), (bins, dimension), lambda g, s: g.standard_normal(s))
+        )
 
     def encode(self, x_ND: jax.Array) -> jax.Array:
         """Index of the nearest codeword for each row of `x_ND` [N, D] -> [N] int32.
