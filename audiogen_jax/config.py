@@ -78,8 +78,10 @@ class EncodecConfig(_Dict):
         return math.prod(self.ratios)
 
     @property
-    def frame_rate(self) -> float:
-        return self.sample_rate / self.hop_length
+    def frame_rate(self) -> int:
+        # Codec frames per second, rounded down like the reference's builder
+        # (`sample_rate // encoder.hop_length`); generation turns seconds into frames with it.
+        return self.sample_rate // self.hop_length
 
     @classmethod
     def medium(cls) -> "EncodecConfig":
