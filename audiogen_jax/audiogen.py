@@ -272,7 +272,7 @@ class AudioGen:
         return self.compression_model.sample_rate
 
     @property
-    def frame_rate(self) -> float:
+    def frame_rate(self) -> int:
         return self.compression_model.frame_rate
 
     @property
