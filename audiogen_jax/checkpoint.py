@@ -120,7 +120,7 @@ def load_module(
     flat = nnx.to_flat_state(state)
     try:
         f = safe_open(os.fspath(weights_path), framework="numpy")
-    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+    except Exception as e:
         raise CheckpointError(f"{weights_path}: not a readable safetensors file ({e})") from e
     with f:
         file_keys = set(f.keys())
