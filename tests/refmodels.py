@@ -166,10 +166,9 @@ def reference_audiogen(
     import torch
     import transformers
     from audiocraft.models.audiogen import AudioGen
-    from audiocraft.models.lm import LMModel
     from audiocraft.modules import conditioners
-    from audiocraft.modules.codebooks_patterns import DelayedPatternProvider
     from encodec_reference import build_reference
+    from refutil import reference_lm
 
     codec = build_reference(bundle.codec, probe_seconds=0.1)
     codec.load_state_dict(torch.load(files["compression"], weights_only=False)["best_state"])
@@ -189,36 +188,8 @@ def reference_audiogen(
     if text.output_proj.in_features != bundle.t5.d_model:  # a tiny T5: the name fixes 1024 inputs
         text.output_proj = torch.nn.Linear(bundle.t5.d_model, cfg.dim)
     provider = conditioners.ConditioningProvider({"description": text}, device=device)
-    fuser = conditioners.ConditionFuser(
-        {"cross": ["description"], "prepend": [], "sum": [], "input_interpolate": []}
-    )
-    with torch.device("meta"):
-        lm = LMModel(
-            pattern_provider=DelayedPatternProvider(cfg.n_q, delays=list(cfg.delays)),
-            condition_provider=provider,
-            fuser=fuser,
-            n_q=cfg.n_q,
-            card=cfg.card,
-            dim=cfg.dim,
-            num_heads=cfg.num_heads,
-            num_layers=cfg.num_layers,
-            hidden_scale=cfg.hidden_scale,
-            norm="layer_norm",
-            norm_first=True,
-            bias_ff=cfg.bias_ff,
-            bias_attn=cfg.bias_attn,
-            bias_proj=cfg.bias_proj,
-            causal=True,
-            cross_attention=True,
-            memory_efficient=True,
-            positional_embedding="sin",
-            max_period=cfg.max_period,
-            positional_scale=cfg.positional_scale,
-            activation="gelu",
-            dropout=0.0,
-            cfg_coef=cfg.cfg_coef,
-            two_step_cfg=False,
-        )
+    with torch.device("meta"):  # no init: every weight comes from the checkpoint
+        lm = reference_lm(cfg, provider, cfg_coef=cfg.cfg_coef, two_step_cfg=False)
     lm = lm.to_empty(device="cpu")
     state = torch.load(files["lm"], mmap=True, weights_only=False)["best_state"]
     missing, unexpected = lm.load_state_dict(state, strict=False)

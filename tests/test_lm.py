@@ -20,6 +20,7 @@ from flax import nnx
 from audiogen_jax import checkpoint, convert
 from audiogen_jax import lm as lm_lib
 from audiogen_jax.config import LMConfig
+from refutil import reference_lm
 
 # Measured (docs/parity.md): fp32 tiny <= 5.0e-7, medium widths <= 1.03e-6; bf16 weights vs fp32 reference <= 4.7e-3.
 TOL_FP32 = 5e-6
@@ -263,38 +264,10 @@ transformer_lm:
 def build_reference(cfg: LMConfig, seed: int):
     """audiocraft's LMModel at `cfg`, random weights rounded to fp16 (as the release stores them), norms randomized."""
     import torch
-    from audiocraft.models.lm import LMModel as RefLM
-    from audiocraft.modules.codebooks_patterns import DelayedPatternProvider
-    from audiocraft.modules.conditioners import ConditionFuser, ConditioningProvider
 
     torch.manual_seed(seed)
-    ref = RefLM(
-        pattern_provider=DelayedPatternProvider(cfg.n_q, delays=list(cfg.delays)),
-        condition_provider=ConditioningProvider({}),
-        fuser=ConditionFuser(
-            {"cross": ["description"], "prepend": [], "sum": [], "input_interpolate": []}
-        ),
-        n_q=cfg.n_q,
-        card=cfg.card,
-        dim=cfg.dim,
-        num_heads=cfg.num_heads,
-        num_layers=cfg.num_layers,
-        hidden_scale=cfg.hidden_scale,
-        norm="layer_norm",
-        norm_first=True,
-        bias_ff=cfg.bias_ff,
-        bias_attn=cfg.bias_attn,
-        bias_proj=cfg.bias_proj,
-        causal=True,
-        cross_attention=True,
-        memory_efficient=True,
-        positional_embedding="sin",
-        activation="gelu",
-        dropout=0.0,
-        weight_init="gaussian",
-        depthwise_init="current",
-        zero_bias_init=True,
-        cfg_coef=cfg.cfg_coef,
+    ref = reference_lm(
+        cfg, weight_init="gaussian", depthwise_init="current", zero_bias_init=True, cfg_coef=cfg.cfg_coef
     ).eval()
     with torch.no_grad():
         for name, p in ref.named_parameters():
@@ -571,9 +544,6 @@ def test_full_size_checkpoint(reference, tmp_path_factory):
     import gc
 
     import torch
-    from audiocraft.models.lm import LMModel as RefLM
-    from audiocraft.modules.codebooks_patterns import DelayedPatternProvider
-    from audiocraft.modules.conditioners import ConditionFuser, ConditioningProvider
 
     cfg = LMConfig.medium()
     d = tmp_path_factory.mktemp("lm_full")
@@ -586,30 +556,7 @@ def test_full_size_checkpoint(reference, tmp_path_factory):
     state = torch.load(src, mmap=True, weights_only=True)["best_state"]
     state = {k: v for k, v in state.items() if not k.startswith("condition_provider.")}
     with torch.device("meta"):  # no init: every weight comes from the checkpoint
-        ref = RefLM(
-            pattern_provider=DelayedPatternProvider(cfg.n_q, delays=list(cfg.delays)),
-            condition_provider=ConditioningProvider({}),
-            fuser=ConditionFuser(
-                {"cross": ["description"], "prepend": [], "sum": [], "input_interpolate": []}
-            ),
-            n_q=cfg.n_q,
-            card=cfg.card,
-            dim=cfg.dim,
-            num_heads=cfg.num_heads,
-            num_layers=cfg.num_layers,
-            hidden_scale=cfg.hidden_scale,
-            norm="layer_norm",
-            norm_first=True,
-            bias_ff=False,
-            bias_attn=False,
-            bias_proj=False,
-            causal=True,
-            cross_attention=True,
-            memory_efficient=True,
-            positional_embedding="sin",
-            activation="gelu",
-            dropout=0.0,
-        )
+        ref = reference_lm(cfg)
     ref.load_state_dict(state, strict=True, assign=True)
     ref = ref.float().eval()
     del state
