@@ -126,7 +126,8 @@ def loudness(wav, sample_rate: int) -> float:
     sample_rate = _check_rate(sample_rate)
     if wav.shape[0] > len(CHANNEL_WEIGHTS):
         raise ValueError(
-            f"loudness supports up to {len(CHANNEL_WEIGHTS)} channels, got {wav.shape[0]}")
+            f"loudness supports up to {len(CHANNEL_WEIGHTS)} channels, got {wav.shape[0]}"
+        )
     block = int(round(BLOCK_SECONDS * sample_rate))
     hop = int(round(block * (1 - BLOCK_OVERLAP)))
     power = np.square(_k_weighting(wav, sample_rate))
@@ -157,14 +158,22 @@ def _clip(wav: np.ndarray, log_clipping: bool, stem_name: str | None) -> np.ndar
     peak = np.abs(wav).max()
     if log_clipping and peak > 1:
         share = float((np.abs(wav) > 1).mean())
-        logger.warning("CLIPPING %s happening with proba (a bit of clipping is okay): %s "
-                       "maximum scale: %s", stem_name or "", share, float(peak))
+        logger.warning(
+            "CLIPPING %s happening with proba (a bit of clipping is okay): %s maximum scale: %s",
+            stem_name or "",
+            share,
+            float(peak),
+        )
     return np.clip(wav, -1.0, 1.0)
 
 
-def normalize_loudness(wav, sample_rate: int, loudness_headroom_db: float = 14,
-                       loudness_compressor: bool = False,
-                       energy_floor: float = LOUDNESS_ENERGY_FLOOR) -> np.ndarray:
+def normalize_loudness(
+    wav,
+    sample_rate: int,
+    loudness_headroom_db: float = 14,
+    loudness_compressor: bool = False,
+    energy_floor: float = LOUDNESS_ENERGY_FLOOR,
+) -> np.ndarray:
     """Scales the wav to -loudness_headroom_db LUFS (optionally soft-clipped by tanh).
 
     Args:
@@ -188,11 +197,18 @@ def normalize_loudness(wav, sample_rate: int, loudness_headroom_db: float = 14,
     return np.tanh(out) if loudness_compressor else out
 
 
-def normalize_audio(wav, normalize: bool = True, strategy: str = "peak",
-                    peak_clip_headroom_db: float = 1, rms_headroom_db: float = 18,
-                    loudness_headroom_db: float = 14, loudness_compressor: bool = False,
-                    log_clipping: bool = False, sample_rate: int | None = None,
-                    stem_name: str | None = None) -> np.ndarray:
+def normalize_audio(
+    wav,
+    normalize: bool = True,
+    strategy: str = "peak",
+    peak_clip_headroom_db: float = 1,
+    rms_headroom_db: float = 18,
+    loudness_headroom_db: float = 14,
+    loudness_compressor: bool = False,
+    log_clipping: bool = False,
+    sample_rate: int | None = None,
+    stem_name: str | None = None,
+) -> np.ndarray:
     """The reference's `normalize_audio`: rescale by peak, RMS or loudness, or clip.
 
     Args:
@@ -233,8 +249,10 @@ def normalize_audio(wav, normalize: bool = True, strategy: str = "peak",
         wav = normalize_loudness(wav, sample_rate, loudness_headroom_db, loudness_compressor)
         wav = _clip(wav, log_clipping, stem_name)
     elif np.abs(wav).max() >= 1:
-        raise ValueError("strategy='none' needs samples strictly inside (-1, 1); "
-                         "choose 'peak', 'clip', 'rms' or 'loudness'")
+        raise ValueError(
+            "strategy='none' needs samples strictly inside (-1, 1); "
+            "choose 'peak', 'clip', 'rms' or 'loudness'"
+        )
     return wav
 
 
@@ -251,11 +269,21 @@ def _to_pcm(wav: np.ndarray, format: str) -> np.ndarray:
     return ((s32 >> 8) << 8).T  # soundfile writes int32 to PCM_24 as its top 24 bits
 
 
-def audio_write(stem_name: str | os.PathLike, wav, sample_rate: int, format: str = "wav",
-                normalize: bool = True, strategy: str = "peak", peak_clip_headroom_db: float = 1,
-                rms_headroom_db: float = 18, loudness_headroom_db: float = 14,
-                loudness_compressor: bool = False, log_clipping: bool = True,
-                make_parent_dir: bool = True, add_suffix: bool = True) -> Path:
+def audio_write(
+    stem_name: str | os.PathLike,
+    wav,
+    sample_rate: int,
+    format: str = "wav",
+    normalize: bool = True,
+    strategy: str = "peak",
+    peak_clip_headroom_db: float = 1,
+    rms_headroom_db: float = 18,
+    loudness_headroom_db: float = 14,
+    loudness_compressor: bool = False,
+    log_clipping: bool = True,
+    make_parent_dir: bool = True,
+    add_suffix: bool = True,
+) -> Path:
     """Normalises a waveform and writes it as 16-bit WAV or 24-bit FLAC (reference `audio_write`).
 
     AudioGen's documented use: `audio_write(stem, wav, 16000, strategy="loudness",
@@ -277,9 +305,18 @@ def audio_write(stem_name: str | os.PathLike, wav, sample_rate: int, format: str
     if format not in FORMATS:
         raise ValueError(f"format must be one of {sorted(FORMATS)}, got {format!r}")
     sample_rate = _check_rate(sample_rate)
-    wav = normalize_audio(wav, normalize, strategy, peak_clip_headroom_db, rms_headroom_db,
-                          loudness_headroom_db, loudness_compressor, log_clipping=log_clipping,
-                          sample_rate=sample_rate, stem_name=str(stem_name))
+    wav = normalize_audio(
+        wav,
+        normalize,
+        strategy,
+        peak_clip_headroom_db,
+        rms_headroom_db,
+        loudness_headroom_db,
+        loudness_compressor,
+        log_clipping=log_clipping,
+        sample_rate=sample_rate,
+        stem_name=str(stem_name),
+    )
     path = Path(str(stem_name) + (f".{format}" if add_suffix else ""))
     container, subtype = FORMATS[format]
     # A hidden temporary name next to the target, renamed over it only once fully written.
@@ -292,8 +329,7 @@ def audio_write(stem_name: str | os.PathLike, wav, sample_rate: int, format: str
         raise OSError(f"cannot write {path}: cannot create a file in {path.parent} ({e})") from e
     try:
         with f:
-            soundfile.write(f, _to_pcm(wav, format), sample_rate, subtype=subtype,
-                            format=container)
+            soundfile.write(f, _to_pcm(wav, format), sample_rate, subtype=subtype, format=container)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -332,13 +368,26 @@ def _polyphase(x_NW: jax.Array, old_sr: int, width: int, kernels_PL: jax.Array) 
     """Edge-pad, convolve every phase filter with stride old_sr, interleave phases: `[N, W']`."""
     padded = jnp.pad(x_NW, ((0, 0), (width, width + old_sr)), mode="edge")
     y_NPF = jax.lax.conv_general_dilated(
-        padded[:, None, :], kernels_PL[:, None, :], window_strides=(old_sr,), padding="VALID",
-        dimension_numbers=("NCH", "OIH", "NCH"), precision=jax.lax.Precision.HIGHEST)
+        padded[:, None, :],
+        kernels_PL[:, None, :],
+        window_strides=(old_sr,),
+        padding="VALID",
+        dimension_numbers=("NCH", "OIH", "NCH"),
+        precision=jax.lax.Precision.HIGHEST,
+    )
     return jnp.swapaxes(y_NPF, 1, 2).reshape(x_NW.shape[0], -1)
 
 
-def resample(wav, from_sr: int, to_sr: int, *, zeros: int = 24, rolloff: float = 0.945,
-             output_length: int | None = None, full: bool = False) -> jax.Array:
+def resample(
+    wav,
+    from_sr: int,
+    to_sr: int,
+    *,
+    zeros: int = 24,
+    rolloff: float = 0.945,
+    output_length: int | None = None,
+    full: bool = False,
+) -> jax.Array:
     """Band-limited resampling with `julius.resample_frac` semantics.
 
     Args:

@@ -28,7 +28,11 @@ from flax import nnx
 FORMAT = "audiogen-jax"
 VERSION = 1
 CONFIG_FILE = "config.json"
-WEIGHT_FILES = {"compression": "compression.safetensors", "lm": "lm.safetensors", "t5": "t5.safetensors"}
+WEIGHT_FILES = {
+    "compression": "compression.safetensors",
+    "lm": "lm.safetensors",
+    "t5": "t5.safetensors",
+}
 TOKENIZER_DIR = "tokenizer"
 
 M = TypeVar("M", bound=nnx.Module)
@@ -131,7 +135,9 @@ def load_module(
         for key in sorted(set(want) & file_keys):
             shape = tuple(f.get_slice(key).get_shape())
             if shape != tuple(want[key].get_value().shape):
-                misshaped.append(f"{key}: file {shape} vs config {tuple(want[key].get_value().shape)}")
+                misshaped.append(
+                    f"{key}: file {shape} vs config {tuple(want[key].get_value().shape)}"
+                )
         if missing or unexpected or misshaped:
             lines = []
             if missing:
@@ -140,7 +146,9 @@ def load_module(
                 lines.append(f"unexpected ({len(unexpected)}): {', '.join(unexpected[:20])}")
             if misshaped:
                 lines.append(f"mis-shaped ({len(misshaped)}): {'; '.join(misshaped[:20])}")
-            raise CheckpointError(f"{weights_path} does not match its config:\n  " + "\n  ".join(lines))
+            raise CheckpointError(
+                f"{weights_path} does not match its config:\n  " + "\n  ".join(lines)
+            )
         # Read the bytes with plain file reads, not through safetensors' memory map: the mapped file
         # pages count in this process's RSS until the file is closed, which made loading peak at about
         # twice the model's size (measured in docs/performance.md).
@@ -161,8 +169,18 @@ def load_module(
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
-_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
-                       "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+_SAFETENSORS_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
 
 
 def _tensor_offsets(weights_path) -> dict[str, tuple[int, int, np.dtype, tuple[int, ...]]]:
@@ -185,13 +203,17 @@ def _tensor_offsets(weights_path) -> dict[str, tuple[int, int, np.dtype, tuple[i
     return out
 
 
-def _read_tensor(fd: int, offset: int, nbytes: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+def _read_tensor(
+    fd: int, offset: int, nbytes: int, dtype: np.dtype, shape: tuple[int, ...]
+) -> np.ndarray:
     buf = np.empty(nbytes, np.uint8)
     view, done = memoryview(buf), 0
     while done < nbytes:
         got = os.preadv(fd, [view[done:]], offset + done)
         if got <= 0:
-            raise CheckpointError(f"unexpected end of file reading {nbytes} bytes at offset {offset}")
+            raise CheckpointError(
+                f"unexpected end of file reading {nbytes} bytes at offset {offset}"
+            )
         done += got
     return buf.view(dtype).reshape(shape)
 
@@ -201,7 +223,9 @@ def save_module(module: nnx.Module, weights_path: str | os.PathLike) -> None:
     from safetensors.numpy import save_file
 
     _, state = nnx.split(module)
-    tensors = {path_key(p): np.asarray(jax.device_get(v.get_value())) for p, v in nnx.to_flat_state(state)}
+    tensors = {
+        path_key(p): np.asarray(jax.device_get(v.get_value())) for p, v in nnx.to_flat_state(state)
+    }
     tmp = os.fspath(weights_path) + ".partial"
     save_file(tensors, tmp)
     os.replace(tmp, weights_path)

@@ -68,10 +68,18 @@ class EncodecConfig(_Dict):
     def __post_init__(self):
         _check(self.sample_rate > 0, "sample_rate must be positive")
         _check(self.channels >= 1, "channels must be >= 1")
-        _check(len(self.ratios) > 0 and all(r >= 1 for r in self.ratios), f"bad ratios {self.ratios}")
-        _check(self.pad_mode in _PAD_MODES, f"pad_mode must be one of {_PAD_MODES}, got {self.pad_mode!r}")
+        _check(
+            len(self.ratios) > 0 and all(r >= 1 for r in self.ratios), f"bad ratios {self.ratios}"
+        )
+        _check(
+            self.pad_mode in _PAD_MODES,
+            f"pad_mode must be one of {_PAD_MODES}, got {self.pad_mode!r}",
+        )
         _check(self.n_q >= 1 and self.bins >= 2, "n_q >= 1 and bins >= 2 required")
-        _check(self.final_activation in (None, "Tanh"), f"unsupported final_activation {self.final_activation!r}")
+        _check(
+            self.final_activation in (None, "Tanh"),
+            f"unsupported final_activation {self.final_activation!r}",
+        )
 
     @property
     def hop_length(self) -> int:
@@ -84,13 +92,17 @@ class EncodecConfig(_Dict):
         return self.sample_rate // self.hop_length
 
     @classmethod
-    def medium(cls) -> "EncodecConfig":
+    def medium(cls) -> EncodecConfig:
         """The 16 kHz EnCodec of facebook/audiogen-medium (encodec_large_nq4_s320)."""
-        return cls(sample_rate=16000, dimension=128, n_filters=64, ratios=(8, 5, 4, 2), n_q=4, bins=2048)
+        return cls(
+            sample_rate=16000, dimension=128, n_filters=64, ratios=(8, 5, 4, 2), n_q=4, bins=2048
+        )
 
     @classmethod
-    def tiny(cls) -> "EncodecConfig":
-        return cls(sample_rate=8000, dimension=16, n_filters=4, ratios=(4, 2), lstm=1, n_q=4, bins=32)
+    def tiny(cls) -> EncodecConfig:
+        return cls(
+            sample_rate=8000, dimension=16, n_filters=4, ratios=(4, 2), lstm=1, n_q=4, bins=32
+        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -109,18 +121,26 @@ class T5Config(_Dict):
     feed_forward_proj: str = "relu"  # "relu" (T5 v1.0) or "gated-gelu" (v1.1)
 
     def __post_init__(self):
-        _check(self.feed_forward_proj in ("relu", "gated-gelu"),
-               f"unsupported feed_forward_proj {self.feed_forward_proj!r} (supported: 'relu', 'gated-gelu')")
+        _check(
+            self.feed_forward_proj in ("relu", "gated-gelu"),
+            f"unsupported feed_forward_proj {self.feed_forward_proj!r} (supported: 'relu', 'gated-gelu')",
+        )
         _check(self.num_heads >= 1 and self.d_kv >= 1, "num_heads and d_kv must be >= 1")
-        _check(min(self.vocab_size, self.d_model, self.d_ff, self.num_layers) >= 1,
-               "vocab_size, d_model, d_ff and num_layers must be >= 1")
+        _check(
+            min(self.vocab_size, self.d_model, self.d_ff, self.num_layers) >= 1,
+            "vocab_size, d_model, d_ff and num_layers must be >= 1",
+        )
         # Bidirectional buckets: half per direction, half of those exact, the rest log-spaced up to max_distance.
-        _check(self.relative_attention_num_buckets >= 4, "relative_attention_num_buckets must be >= 4")
-        _check(self.relative_attention_max_distance > self.relative_attention_num_buckets // 4,
-               "relative_attention_max_distance must exceed relative_attention_num_buckets // 4")
+        _check(
+            self.relative_attention_num_buckets >= 4, "relative_attention_num_buckets must be >= 4"
+        )
+        _check(
+            self.relative_attention_max_distance > self.relative_attention_num_buckets // 4,
+            "relative_attention_max_distance must exceed relative_attention_num_buckets // 4",
+        )
 
     @classmethod
-    def from_hf(cls, hf: dict[str, Any]) -> "T5Config":
+    def from_hf(cls, hf: dict[str, Any]) -> T5Config:
         """From a Hugging Face `config.json`; absent keys take transformers' `T5Config` defaults.
 
         Old configs (t5-large's) lack `feed_forward_proj` and `relative_attention_max_distance`, so they get
@@ -128,18 +148,30 @@ class T5Config(_Dict):
         """
         model_type = hf.get("model_type", "t5")
         _check(model_type in ("t5", "mt5"), f"not a T5 config.json (model_type={model_type!r})")
-        defaults = dict(vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8)
-        kwargs = {f.name: hf.get(f.name, defaults.get(f.name, f.default)) for f in dataclasses.fields(cls)}
+        defaults = dict(
+            vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8
+        )
+        kwargs = {
+            f.name: hf.get(f.name, defaults.get(f.name, f.default)) for f in dataclasses.fields(cls)
+        }
         return cls(**kwargs)
 
     @classmethod
-    def large(cls) -> "T5Config":
+    def large(cls) -> T5Config:
         return cls(vocab_size=32128, d_model=1024, d_kv=64, d_ff=4096, num_layers=24, num_heads=16)
 
     @classmethod
-    def tiny(cls) -> "T5Config":
-        return cls(vocab_size=8100, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                   relative_attention_num_buckets=8, relative_attention_max_distance=20)
+    def tiny(cls) -> T5Config:
+        return cls(
+            vocab_size=8100,
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            relative_attention_max_distance=20,
+        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -169,7 +201,10 @@ class LMConfig(_Dict):
     temperature: float = 1.0
 
     def __post_init__(self):
-        _check(self.dim % self.num_heads == 0, f"dim {self.dim} not divisible by num_heads {self.num_heads}")
+        _check(
+            self.dim % self.num_heads == 0,
+            f"dim {self.dim} not divisible by num_heads {self.num_heads}",
+        )
         _check(len(self.delays) == self.n_q, f"{len(self.delays)} delays for {self.n_q} codebooks")
         _check(all(d >= 0 for d in self.delays), "delays must be >= 0")
 
@@ -186,10 +221,19 @@ class LMConfig(_Dict):
         return max(self.delays)
 
     @classmethod
-    def medium(cls, num_layers: int = 48) -> "LMConfig":
-        return cls(dim=1536, num_heads=24, num_layers=num_layers, n_q=4, card=2048, delays=(0, 1, 2, 3),
-                   condition_dim=1024)
+    def medium(cls, num_layers: int = 48) -> LMConfig:
+        return cls(
+            dim=1536,
+            num_heads=24,
+            num_layers=num_layers,
+            n_q=4,
+            card=2048,
+            delays=(0, 1, 2, 3),
+            condition_dim=1024,
+        )
 
     @classmethod
-    def tiny(cls) -> "LMConfig":
-        return cls(dim=32, num_heads=4, num_layers=2, n_q=4, card=32, delays=(0, 1, 2, 3), condition_dim=32)
+    def tiny(cls) -> LMConfig:
+        return cls(
+            dim=32, num_heads=4, num_layers=2, n_q=4, card=32, delays=(0, 1, 2, 3), condition_dim=32
+        )

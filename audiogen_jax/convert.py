@@ -71,7 +71,7 @@ class _Storage:
 class LazyTensor:
     """A tensor inside a torch zip archive; `.numpy()` reads exactly its bytes."""
 
-    archive: "TorchArchive"
+    archive: TorchArchive
     storage: _Storage
     offset: int  # in elements
     shape: tuple[int, ...]
@@ -144,7 +144,11 @@ class TorchArchive:
                 if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
                     raise ConversionError(f"{archive.path}: unknown persistent id {pid!r}")
                 _, storage_type, key, _location, _numel = pid
-                dtype = _bfloat16() if storage_type == "BFloat16Storage" else _STORAGE_DTYPES[storage_type]
+                dtype = (
+                    _bfloat16()
+                    if storage_type == "BFloat16Storage"
+                    else _STORAGE_DTYPES[storage_type]
+                )
                 return _Storage(key=str(key), dtype=dtype)
 
         with self._zip.open(self._pickle_name) as f:
@@ -224,7 +228,7 @@ def shape_of(t: LazyTensor | np.ndarray) -> tuple[int, ...]:
 @dataclasses.dataclass(frozen=True)
 class AudiocraftPackage:
     state: Mapping[str, LazyTensor | np.ndarray]
-    cfg: "YamlConfig"
+    cfg: YamlConfig
     version: str | None
 
 
@@ -241,7 +245,9 @@ def load_audiocraft_package(path: str | os.PathLike, what: str) -> AudiocraftPac
         raise ConversionError(f"{path} points to another pretrained model ({obj['pretrained']!r})")
     cfg_text = obj["xp.cfg"]
     if not isinstance(cfg_text, str):
-        raise ConversionError(f"{path}: 'xp.cfg' should be a YAML string, got {type(cfg_text).__name__}")
+        raise ConversionError(
+            f"{path}: 'xp.cfg' should be a YAML string, got {type(cfg_text).__name__}"
+        )
     return AudiocraftPackage(obj["best_state"], YamlConfig.from_text(cfg_text), obj.get("version"))
 
 
@@ -259,7 +265,7 @@ class YamlConfig:
         self.tree = tree
 
     @classmethod
-    def from_text(cls, text: str) -> "YamlConfig":
+    def from_text(cls, text: str) -> YamlConfig:
         tree = yaml.safe_load(text)
         if not isinstance(tree, dict):
             raise ConversionError("xp.cfg is not a YAML mapping")
@@ -293,7 +299,10 @@ class YamlConfig:
                 return self._resolve(self._ref(whole.group(1), where), whole.group(1), depth + 1)
             if _INTERP.search(value):
                 return _INTERP.sub(
-                    lambda m: str(self._resolve(self._ref(m.group(1), where), m.group(1), depth + 1)), value
+                    lambda m: str(
+                        self._resolve(self._ref(m.group(1), where), m.group(1), depth + 1)
+                    ),
+                    value,
                 )
             return value
         if isinstance(value, Mapping):
@@ -311,7 +320,9 @@ class YamlConfig:
                 return default.strip()
             raise ConversionError(f"xp.cfg: {where!r} needs environment variable {name}")
         if ref.startswith("."):
-            raise ConversionError(f"xp.cfg: relative interpolation ${{{ref}}} at {where!r} is not supported")
+            raise ConversionError(
+                f"xp.cfg: relative interpolation ${{{ref}}} at {where!r} is not supported"
+            )
         return self._lookup(ref, ...)
 
 
@@ -331,8 +342,8 @@ class Rule:
 
     pattern: str
     targets: str | tuple[str, ...]
-    fn: Callable[[dict[str, np.ndarray]], np.ndarray | tuple[np.ndarray, ...]] = (
-        lambda srcs: next(iter(srcs.values()))
+    fn: Callable[[dict[str, np.ndarray]], np.ndarray | tuple[np.ndarray, ...]] = lambda srcs: next(
+        iter(srcs.values())
     )
 
     def target_tuple(self, m: re.Match) -> tuple[str, ...]:
@@ -388,9 +399,13 @@ def plan_conversion(
     if doubly:
         problems.append(f"source keys matched by several rules: {_short(doubly)}")
     if missing:
-        problems.append(f"parameters missing from the checkpoint ({len(missing)}): {_short(missing)}")
+        problems.append(
+            f"parameters missing from the checkpoint ({len(missing)}): {_short(missing)}"
+        )
     if unknown_targets:
-        problems.append(f"checkpoint fills parameters the config does not have: {_short(unknown_targets)}")
+        problems.append(
+            f"checkpoint fills parameters the config does not have: {_short(unknown_targets)}"
+        )
     if twice:
         problems.append(f"parameters filled more than once: {_short(twice)}")
     if problems:
@@ -422,13 +437,17 @@ def convert_state(
         outs = out if isinstance(out, tuple) else (out,)
         for name, arr in zip(g.targets, outs, strict=True):
             if tuple(arr.shape) != tuple(expected[name]):
-                misshaped.append(f"{name}: checkpoint gives {tuple(arr.shape)}, config wants {tuple(expected[name])}")
+                misshaped.append(
+                    f"{name}: checkpoint gives {tuple(arr.shape)}, config wants {tuple(expected[name])}"
+                )
                 continue
             if dtype is not None and np.issubdtype(arr.dtype, np.floating):
                 arr = arr.astype(dtype)
             yield name, arr
     if misshaped:
-        raise ConversionError("checkpoint shapes disagree with its config:\n  " + "\n  ".join(misshaped))
+        raise ConversionError(
+            "checkpoint shapes disagree with its config:\n  " + "\n  ".join(misshaped)
+        )
 
 
 def check_shapes(
@@ -463,8 +482,12 @@ _ST_DTYPES = {
 class SafetensorsWriter:
     """Writes a safetensors file tensor by tensor, in any order, given every name/shape/dtype up front."""
 
-    def __init__(self, path: str | os.PathLike, specs: Mapping[str, tuple[tuple[int, ...], np.dtype]],
-                 metadata: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        specs: Mapping[str, tuple[tuple[int, ...], np.dtype]],
+        metadata: Mapping[str, str] | None = None,
+    ):
         self.path = os.fspath(path)
         header: dict[str, Any] = {}
         self._offsets: dict[str, tuple[int, int, tuple[int, ...], np.dtype]] = {}
@@ -473,7 +496,11 @@ class SafetensorsWriter:
             shape, dtype = specs[name]
             dtype = np.dtype(dtype)
             n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-            header[name] = {"dtype": _ST_DTYPES[dtype.name], "shape": list(shape), "data_offsets": [pos, pos + n]}
+            header[name] = {
+                "dtype": _ST_DTYPES[dtype.name],
+                "shape": list(shape),
+                "data_offsets": [pos, pos + n],
+            }
             self._offsets[name] = (pos, n, tuple(shape), dtype)
             pos += n
         if metadata:
@@ -1019,8 +1046,12 @@ def convert_lm(src: str | os.PathLike, out_dir: str | os.PathLike, dtype: str = 
     checkpoint.update_config(out_dir, "conditioner", conditioner)
 
 
-_HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-               "pytorch_model.bin.index.json")
+_HF_WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 _ST_NUMPY = {v: k for k, v in _ST_DTYPES.items()}
 
 
@@ -1085,13 +1116,20 @@ def _hf_t5_state(src: str, local: bool) -> Mapping[str, Any]:
         if name.endswith(".index.json"):
             with open(path) as f:
                 weight_map = json.load(f)["weight_map"]
-            shards = sorted({v for k, v in weight_map.items() if not k.startswith(("decoder.", "lm_head."))})
+            shards = sorted(
+                {v for k, v in weight_map.items() if not k.startswith(("decoder.", "lm_head."))}
+            )
             paths = [_hf_file(src, shard, local) for shard in shards]
             if None in paths:
-                raise ConversionError(f"{src}: shard {shards[paths.index(None)]} listed in {name} is missing")
+                raise ConversionError(
+                    f"{src}: shard {shards[paths.index(None)]} listed in {name} is missing"
+                )
         else:
             paths = [path]
-        maps = [_SafetensorsFile(p) if p.endswith(".safetensors") else load_torch_checkpoint(p) for p in paths]
+        maps = [
+            _SafetensorsFile(p) if p.endswith(".safetensors") else load_torch_checkpoint(p)
+            for p in paths
+        ]
         return collections.ChainMap(*maps)
     raise ConversionError(f"{src}: no T5 weights found (looked for {', '.join(_HF_WEIGHTS)})")
 
@@ -1121,16 +1159,24 @@ def convert_t5(src: str | os.PathLike, out_dir: str | os.PathLike) -> None:
         cfg = T5Config.from_hf(json.load(f))
     spiece = _hf_file(src, t5.SPIECE, local)
     if spiece is None:
-        raise ConversionError(f"{src}: no {t5.SPIECE} (the T5 tokenizer is needed next to the weights)")
+        raise ConversionError(
+            f"{src}: no {t5.SPIECE} (the T5 tokenizer is needed next to the weights)"
+        )
     state = _hf_t5_state(src, local)
 
     specs = checkpoint.param_specs(lambda: t5.T5EncoderModel(cfg, rngs=nnx.Rngs(0)))
     specs = {k: (shape, np.dtype("float32")) for k, (shape, _) in specs.items()}
     rules, ignore = t5.hf_conversion_rules(state.keys())
     os.makedirs(out_dir, exist_ok=True)
-    converted = convert_state(state, rules, {k: s for k, (s, _) in specs.items()}, ignore, np.dtype("float32"))
-    write_converted(os.path.join(out_dir, checkpoint.WEIGHT_FILES["t5"]), converted, specs,
-                    metadata={"source": src})
+    converted = convert_state(
+        state, rules, {k: s for k, (s, _) in specs.items()}, ignore, np.dtype("float32")
+    )
+    write_converted(
+        os.path.join(out_dir, checkpoint.WEIGHT_FILES["t5"]),
+        converted,
+        specs,
+        metadata={"source": src},
+    )
 
     tok_dir = os.path.join(out_dir, checkpoint.TOKENIZER_DIR)
     tmp = tok_dir + ".partial"
@@ -1143,7 +1189,9 @@ def convert_t5(src: str | os.PathLike, out_dir: str | os.PathLike) -> None:
     n_ids = len(t5.load_tokenizer(tmp))
     if n_ids > cfg.vocab_size:
         shutil.rmtree(tmp)
-        raise ConversionError(f"{src}: the tokenizer has {n_ids} ids but the model only {cfg.vocab_size}")
+        raise ConversionError(
+            f"{src}: the tokenizer has {n_ids} ids but the model only {cfg.vocab_size}"
+        )
     shutil.rmtree(tok_dir, ignore_errors=True)
     os.replace(tmp, tok_dir)
     checkpoint.update_config(out_dir, "t5", cfg.to_dict())

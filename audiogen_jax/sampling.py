@@ -82,8 +82,13 @@ class SamplingParams:
     @classmethod
     def from_lm_config(cls, cfg, **overrides) -> SamplingParams:
         """The generation defaults stored with a checkpoint (`LMConfig`), plus overrides."""
-        defaults = dict(use_sampling=cfg.use_sampling, temperature=cfg.temperature,
-                        top_k=cfg.top_k, top_p=cfg.top_p, cfg_coef=cfg.cfg_coef)
+        defaults = dict(
+            use_sampling=cfg.use_sampling,
+            temperature=cfg.temperature,
+            top_k=cfg.top_k,
+            top_p=cfg.top_p,
+            cfg_coef=cfg.cfg_coef,
+        )
         return cls(**{**defaults, **overrides}).validate(cfg.card)
 
 
@@ -179,10 +184,12 @@ def sample_next(
         params = SamplingParams(**keywords)
     elif keywords:
         raise ValueError(
-            f"pass either params or keyword settings, not both (got {sorted(keywords)})")
+            f"pass either params or keyword settings, not both (got {sorted(keywords)})"
+        )
     if logits.ndim < 1 or logits.shape[-1] < 1:
         raise ValueError(
-            f"logits need a non-empty last (vocabulary) axis, got shape {logits.shape}")
+            f"logits need a non-empty last (vocabulary) axis, got shape {logits.shape}"
+        )
     params.validate(logits.shape[-1])
     if not params.use_sampling:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)

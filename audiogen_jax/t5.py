@@ -507,7 +507,7 @@ def hf_conversion_rules(source_keys) -> tuple[list[Any], list[str]]:
 
 
 @jax.jit
-def _condition(conditioner: "T5Conditioner", ids_BL: jax.Array, mask_BL: jax.Array) -> jax.Array:
+def _condition(conditioner: T5Conditioner, ids_BL: jax.Array, mask_BL: jax.Array) -> jax.Array:
     return conditioner(ids_BL, mask_BL)
 
 
@@ -562,7 +562,7 @@ class T5Conditioner(nnx.Module):
     @classmethod
     def from_pretrained(
         cls, directory: str | os.PathLike, *, with_tokenizer: bool = True
-    ) -> "T5Conditioner":
+    ) -> T5Conditioner:
         """Loads a converted directory.
 
         Reads DIR/t5.safetensors (config['t5']), DIR/conditioner.safetensors (config['conditioner'];

@@ -20,12 +20,14 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 def require_reference():
     """Imports audiocraft (and torch). Missing reference: a failure in CI, a skip elsewhere."""
     try:
-        import torch  # noqa: F401
         import audiocraft  # noqa: F401
+        import torch  # noqa: F401
     except Exception as e:  # noqa: BLE001 - any import failure means no reference
         msg = f"the PyTorch reference (audiocraft 1.3.0 + torch 2.13.0) cannot be imported: {e!r}"
         if IN_CI:
-            pytest.fail(msg + " -- in CI a parity test must run; run scripts/test.sh", pytrace=False)
+            pytest.fail(
+                msg + " -- in CI a parity test must run; run scripts/test.sh", pytrace=False
+            )
         pytest.skip(msg + " (not CI; run scripts/test.sh to install it)")
     import torch
 

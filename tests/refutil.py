@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 
 
-def save_audiocraft_package(path: str | os.PathLike, state_dict, cfg_yaml: str, half: bool = False) -> None:
+def save_audiocraft_package(
+    path: str | os.PathLike, state_dict, cfg_yaml: str, half: bool = False
+) -> None:
     """Writes {'best_state', 'xp.cfg', 'version', 'exported'} with torch.save, as audiocraft's export does.
 
     Args:

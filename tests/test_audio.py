@@ -33,14 +33,22 @@ RESAMPLE_TOL = 3e-6  # measured max |ours - julius| on noise of std 0.5: 7.2e-7
 # Decoded-sample differences (in LSBs of the file's bit depth) allowed per (format, strategy):
 # peak and clip are exact; rms differs from torch's float32 mean by an ulp now and then, which
 # moves a 24-bit LSB; loudness inherits the ~1e-5 LU measurement difference as a ~2e-6 gain.
-WRITE_TOL_LSB = {("wav", "peak"): 0, ("wav", "clip"): 0, ("wav", "rms"): 0, ("wav", "loudness"): 1,
-                 ("flac", "peak"): 0, ("flac", "clip"): 0, ("flac", "rms"): 1,
-                 ("flac", "loudness"): 16}
+WRITE_TOL_LSB = {
+    ("wav", "peak"): 0,
+    ("wav", "clip"): 0,
+    ("wav", "rms"): 0,
+    ("wav", "loudness"): 1,
+    ("flac", "peak"): 0,
+    ("flac", "clip"): 0,
+    ("flac", "rms"): 1,
+    ("flac", "loudness"): 16,
+}
 SHIFT = {"wav": 16, "flac": 8}  # soundfile reads both as left-aligned int32
 
 
-def _clip(kind: str, sample_rate: int, channels: int, seconds: float, amp: float,
-          seed: int = 0) -> np.ndarray:
+def _clip(
+    kind: str, sample_rate: int, channels: int, seconds: float, amp: float, seed: int = 0
+) -> np.ndarray:
     rng = np.random.default_rng(seed)
     n = int(sample_rate * seconds)
     t = np.arange(n) / sample_rate
@@ -51,10 +59,10 @@ def _clip(kind: str, sample_rate: int, channels: int, seconds: float, amp: float
         x = amp * rng.standard_normal((channels, n))
     elif kind == "silence_padded":  # exercises the absolute gate
         x = np.zeros((channels, n))
-        x[:, n // 4: n // 2] = amp * rng.standard_normal((channels, n // 2 - n // 4))
+        x[:, n // 4 : n // 2] = amp * rng.standard_normal((channels, n // 2 - n // 4))
     elif kind == "quiet_padded":  # exercises the relative gate
         x = 1e-4 * rng.standard_normal((channels, n))
-        x[:, n // 3: 2 * n // 3] += amp * np.sin(2 * np.pi * 700 * t[n // 3: 2 * n // 3])
+        x[:, n // 3 : 2 * n // 3] += amp * np.sin(2 * np.pi * 700 * t[n // 3 : 2 * n // 3])
     elif kind == "clamped":  # loud broadband noise: the K-weighting outputs hit the [-1, 1] clamp
         x = np.clip(1.5 * amp * rng.standard_normal((channels, n)), -1, 1)
     else:
@@ -64,8 +72,13 @@ def _clip(kind: str, sample_rate: int, channels: int, seconds: float, amp: float
 
 KINDS = ("tone", "noise", "silence_padded", "quiet_padded", "clamped")
 AMPS = (0.01, 0.3, 0.9)
-LOUDNESS_GROUPS = [(16000, 1, 1.0), (16000, 2, 1.0), (16000, 5, 1.0), (48000, 1, 0.6),
-                   (48000, 2, 0.6)]
+LOUDNESS_GROUPS = [
+    (16000, 1, 1.0),
+    (16000, 2, 1.0),
+    (16000, 5, 1.0),
+    (48000, 1, 0.6),
+    (48000, 2, 0.6),
+]
 
 
 @pytest.fixture(scope="module")
@@ -228,8 +241,14 @@ def _reference_write(tmp_path, wav: np.ndarray, fmt: str, **kwargs):
     import torch
     from audiocraft.data.audio import audio_write as ref_audio_write
 
-    return ref_audio_write(tmp_path / "reference", torch.from_numpy(wav.copy()), 16000,
-                           format=fmt, log_clipping=False, **kwargs)
+    return ref_audio_write(
+        tmp_path / "reference",
+        torch.from_numpy(wav.copy()),
+        16000,
+        format=fmt,
+        log_clipping=False,
+        **kwargs,
+    )
 
 
 WRITE_CASES = [
@@ -247,9 +266,11 @@ WRITE_CASES = [
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("fmt, channels, amp, kwargs", WRITE_CASES,
-                         ids=[f"{c[0]}-{c[1]}ch-{c[2]}-{'-'.join(map(str, c[3].values()))}"
-                              for c in WRITE_CASES])
+@pytest.mark.parametrize(
+    "fmt, channels, amp, kwargs",
+    WRITE_CASES,
+    ids=[f"{c[0]}-{c[1]}ch-{c[2]}-{'-'.join(map(str, c[3].values()))}" for c in WRITE_CASES],
+)
 def test_audio_write_matches_reference(reference, tmp_path, fmt, channels, amp, kwargs):
     x = _music_like(channels, amp, seed=channels)
     want_path = _reference_write(tmp_path, x, fmt, **kwargs)
@@ -339,8 +360,14 @@ def test_audio_write_failure_leaves_no_partial_file(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- resampling
 
-RATE_PAIRS = [(48000, 16000), (44100, 16000), (16000, 44100), (22050, 16000), (8000, 16000),
-              (16000, 24000)]
+RATE_PAIRS = [
+    (48000, 16000),
+    (44100, 16000),
+    (16000, 44100),
+    (22050, 16000),
+    (8000, 16000),
+    (16000, 24000),
+]
 
 
 @pytest.mark.parity
@@ -395,12 +422,15 @@ def test_resample_rejects_bad_arguments():
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("shape, rates, to_channels", [
-    ((2, 3000), (44100, 16000), 1),  # stereo prompt to AudioGen's mono 16 kHz
-    ((1, 3000), (16000, 16000), 2),  # mono to stereo: repeat
-    ((2, 3, 3000), (48000, 16000), 2),  # batched; more channels than asked: keep the first
-    ((2, 2, 3000), (16000, 16000), 2),  # nothing to do
-])
+@pytest.mark.parametrize(
+    "shape, rates, to_channels",
+    [
+        ((2, 3000), (44100, 16000), 1),  # stereo prompt to AudioGen's mono 16 kHz
+        ((1, 3000), (16000, 16000), 2),  # mono to stereo: repeat
+        ((2, 3, 3000), (48000, 16000), 2),  # batched; more channels than asked: keep the first
+        ((2, 2, 3000), (16000, 16000), 2),  # nothing to do
+    ],
+)
 def test_convert_audio_matches_reference(reference, shape, rates, to_channels):
     import torch
     from audiocraft.data.audio_utils import convert_audio as ref_convert

@@ -34,7 +34,9 @@ def test_restricted_unpickler_reads_tensors_like_torch(tmp_path, torch):
         "empty": torch.zeros(0, 3),
     }
     path = tmp_path / "ckpt.bin"
-    torch.save({"best_state": state, "xp.cfg": "a: 1\n", "version": "1.3.0", "exported": True}, path)
+    torch.save(
+        {"best_state": state, "xp.cfg": "a: 1\n", "version": "1.3.0", "exported": True}, path
+    )
     pkg = convert.load_audiocraft_package(path, "test")
     assert pkg.cfg.get("a") == 1 and pkg.version == "1.3.0"
     for k, t in state.items():
@@ -121,11 +123,25 @@ def test_plan_lists_every_problem_at_once():
 
 def test_rule_groups_several_sources_and_splits_one():
     rules = [
-        Rule(r"(\w+)\.weight_[gv]", r"\1.kernel",
-             lambda s: s[next(k for k in s if k.endswith("_g"))] * s[next(k for k in s if k.endswith("_v"))]),
-        Rule(r"(\w+)\.packed", (r"\1.q", r"\1.k"), lambda s: tuple(np.split(next(iter(s.values())), 2))),
+        Rule(
+            r"(\w+)\.weight_[gv]",
+            r"\1.kernel",
+            lambda s: (
+                s[next(k for k in s if k.endswith("_g"))]
+                * s[next(k for k in s if k.endswith("_v"))]
+            ),
+        ),
+        Rule(
+            r"(\w+)\.packed",
+            (r"\1.q", r"\1.k"),
+            lambda s: tuple(np.split(next(iter(s.values())), 2)),
+        ),
     ]
-    state = {"m.weight_g": np.full(2, 2.0), "m.weight_v": np.arange(2.0), "a.packed": np.arange(4.0)}
+    state = {
+        "m.weight_g": np.full(2, 2.0),
+        "m.weight_v": np.arange(2.0),
+        "a.packed": np.arange(4.0),
+    }
     out = dict(convert.convert_state(state, rules, {"m.kernel": (2,), "a.q": (2,), "a.k": (2,)}))
     np.testing.assert_array_equal(out["m.kernel"], [0.0, 2.0])
     np.testing.assert_array_equal(out["a.k"], [2.0, 3.0])

@@ -16,11 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from refutil import reference_lm
 
 from audiogen_jax import checkpoint, convert
 from audiogen_jax import lm as lm_lib
 from audiogen_jax.config import LMConfig
-from refutil import reference_lm
 
 # Measured (docs/parity.md): fp32 tiny <= 5.0e-7, medium widths <= 1.03e-6; bf16 weights vs fp32 reference <= 4.7e-3.
 TOL_FP32 = 5e-6
@@ -267,7 +267,11 @@ def build_reference(cfg: LMConfig, seed: int):
 
     torch.manual_seed(seed)
     ref = reference_lm(
-        cfg, weight_init="gaussian", depthwise_init="current", zero_bias_init=True, cfg_coef=cfg.cfg_coef
+        cfg,
+        weight_init="gaussian",
+        depthwise_init="current",
+        zero_bias_init=True,
+        cfg_coef=cfg.cfg_coef,
     ).eval()
     with torch.no_grad():
         for name, p in ref.named_parameters():

@@ -75,15 +75,22 @@ def _reference_select(cond: np.ndarray, uncond: np.ndarray, params: SamplingPara
         return both[:, :, None, :]  # [2B, K, S=1, V]
 
     # `model = self if self._fsdp is None else self._fsdp`: a callable stand-in plays the LM.
-    owner = types.SimpleNamespace(_fsdp=_Callable(fake_lm), cfg_coef=params.cfg_coef,
-                                  two_step_cfg=False)
+    owner = types.SimpleNamespace(
+        _fsdp=_Callable(fake_lm), cfg_coef=params.cfg_coef, two_step_cfg=False
+    )
     original = ref_utils.multinomial
     ref_utils.multinomial = probe_multinomial
     try:
         ids = LMModel._sample_next_token(
-            owner, torch.zeros(B, K, 1, dtype=torch.long), {"description": None}, {},
-            use_sampling=params.use_sampling, temp=params.temperature, top_k=params.top_k,
-            top_p=params.top_p, cfg_coef=params.cfg_coef,
+            owner,
+            torch.zeros(B, K, 1, dtype=torch.long),
+            {"description": None},
+            {},
+            use_sampling=params.use_sampling,
+            temp=params.temperature,
+            top_k=params.top_k,
+            top_p=params.top_p,
+            cfg_coef=params.cfg_coef,
         )
     finally:
         ref_utils.multinomial = original
@@ -104,8 +111,9 @@ def _draws(cond, uncond, params: SamplingParams, seed: int = 0) -> np.ndarray:
 
 def _chi_square_pvalue(ids_NBK: np.ndarray, expected_BKV: np.ndarray) -> float:
     """Goodness of fit of the draws to `expected`, pooled over rows; bins with E < 5 merged."""
-    counts = np.stack([np.bincount(ids_NBK[:, b, k], minlength=V) for b in range(B)
-                       for k in range(K)])
+    counts = np.stack(
+        [np.bincount(ids_NBK[:, b, k], minlength=V) for b in range(B) for k in range(K)]
+    )
     expected = expected_BKV.reshape(B * K, V) * ids_NBK.shape[0]
     chi2, dof = 0.0, 0
     for observed, exp in zip(counts, expected):
@@ -139,8 +147,9 @@ def test_draws_follow_reference_distribution(reference, name):
     params = CASES[name]
     cond, uncond = _logits(seed=sorted(CASES).index(name), scale=1.0)
     expected = _reference_select(cond, uncond, params)
-    ours = filtered_probs(apply_cfg(jnp.asarray(cond), jnp.asarray(uncond), params.cfg_coef),
-                          params)
+    ours = filtered_probs(
+        apply_cfg(jnp.asarray(cond), jnp.asarray(uncond), params.cfg_coef), params
+    )
     np.testing.assert_allclose(np.asarray(ours), expected, rtol=0, atol=PROBS_TOL)
     assert _chi_square_pvalue(_draws(cond, uncond, params), expected) > ALPHA
 
@@ -192,8 +201,9 @@ def test_cfg_coef_one_gives_conditional_logits():
     terms = np.abs(uncond) + np.abs(cond - uncond)
     assert (np.abs(np.asarray(guided) - cond) <= np.spacing(terms)).all()
     greedy = SamplingParams(use_sampling=False, cfg_coef=1.0)
-    np.testing.assert_array_equal(np.asarray(sample_next(jax.random.key(0), guided, greedy)),
-                                  np.argmax(cond, axis=-1))
+    np.testing.assert_array_equal(
+        np.asarray(sample_next(jax.random.key(0), guided, greedy)), np.argmax(cond, axis=-1)
+    )
 
 
 def test_top_k_one_is_argmax():
@@ -211,7 +221,8 @@ def test_top_k_keeps_ties_at_kth_value():
     # Sampling with the tie: every tied id is drawn, the last one never.
     logits = jnp.log(probs)
     ids = jax.vmap(lambda k: sample_next(k, logits, SamplingParams(top_k=2)))(
-        jax.random.split(jax.random.key(0), 2000))
+        jax.random.split(jax.random.key(0), 2000)
+    )
     assert set(np.unique(np.asarray(ids))) == {0, 1, 2, 3}
 
 
@@ -228,15 +239,20 @@ def test_top_k_ties_match_reference(reference):
         ref_utils.sample_top_k(torch.from_numpy(probs.copy()), k=3)
     finally:
         ref_utils.multinomial = original
-    np.testing.assert_allclose(np.asarray(top_k_filter(jnp.asarray(probs), 3)),
-                               captured["p"].numpy(), rtol=0, atol=PROBS_TOL)
+    np.testing.assert_allclose(
+        np.asarray(top_k_filter(jnp.asarray(probs), 3)),
+        captured["p"].numpy(),
+        rtol=0,
+        atol=PROBS_TOL,
+    )
 
 
 def test_top_p_keeps_the_crossing_id():
     probs = jnp.asarray([0.1, 0.5, 0.25, 0.15], jnp.float32)
     # Sorted: 0.5, 0.25, 0.15, 0.1; mass before each: 0, 0.5, 0.75, 0.9.
-    np.testing.assert_allclose(np.asarray(top_p_filter(probs, 0.6)), [0, 2 / 3, 1 / 3, 0],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(top_p_filter(probs, 0.6)), [0, 2 / 3, 1 / 3, 0], rtol=1e-6
+    )
     np.testing.assert_allclose(np.asarray(top_p_filter(probs, 0.4)), [0, 1, 0, 0], rtol=1e-6)
     np.testing.assert_allclose(np.asarray(top_p_filter(probs, 1.0)), probs, rtol=1e-6)
 
@@ -298,9 +314,13 @@ def test_params_from_lm_config():
 
     medium = LMConfig.medium()
     params = SamplingParams.from_lm_config(medium)
-    assert (params.use_sampling, params.top_k, params.top_p, params.temperature,
-            params.cfg_coef) == (medium.use_sampling, medium.top_k, medium.top_p,
-                                 medium.temperature, medium.cfg_coef)
+    assert (
+        params.use_sampling,
+        params.top_k,
+        params.top_p,
+        params.temperature,
+        params.cfg_coef,
+    ) == (medium.use_sampling, medium.top_k, medium.top_p, medium.temperature, medium.cfg_coef)
     assert SamplingParams.from_lm_config(LMConfig.tiny(), top_k=10).top_k == 10
     with pytest.raises(ValueError, match="exceeds the codebook size 32"):
         SamplingParams.from_lm_config(LMConfig.tiny())  # its stored top_k=250 > card=32
