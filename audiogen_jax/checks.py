@@ -1,0 +1,35 @@
+"""Argument checks shared across the package: one wording for each kind of bad input.
+
+Public entry points check their inputs before any work and raise `ValueError` with the reason.
+Checks of values (ranges, finiteness) need the numbers, which exist only outside `jax.jit`: on a
+tracer they are skipped and only the shape checks run (shapes are static under tracing).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import jax
+
+
+def is_concrete(x: Any) -> bool:
+    """True when x's values can be read: anything but a tracer (inside `jit`, `scan`, `vmap`)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def finite_number(name: str, value: Any) -> float:
+    """`value` as a float: a real number (Python or numpy, not a bool) that is finite."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
+
+
+def integer(name: str, value: Any) -> int:
+    """`value` as an int: a Python or numpy integer, not a bool."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    return int(value)
