@@ -10,7 +10,7 @@ Mirrors audiocraft 1.3.0 `models/lm.py::LMModel.forward` and `modules/transforme
 (`StreamingTransformer`, `StreamingTransformerLayer`, `StreamingMultiheadAttention` on its custom,
 `memory_efficient` path, `create_sin_embedding`). Attribute names follow the checkpoint keys
 (`emb`, `transformer.layers.{i}.self_attn`, `cross_attention`, `linear1`, `linear2`, `norm1`,
-`norm_cross`, `norm2`, `out_norm`, `linears`), so `convert.py` is mostly renames.
+`norm_cross`, `norm2`, `out_norm`, `linears`), so the weight map is mostly renames.
 
 Shapes: B batch, K codebooks, S steps of the delayed layout, L text tokens, D model width,
 F feed-forward width, N heads, H head width, V codebook size (`card`), M cache length (max steps).

@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from audiogen_jax import checkpoint
+from audiogen_jax import checkpoint, checks
 from audiogen_jax.config import T5Config
 
 SPIECE = "spiece.model"
@@ -284,7 +284,7 @@ def _check_ids_mask(ids_BL, mask_BL, vocab_size: int) -> None:
         raise ValueError(
             f"mask shape {tuple(mask_BL.shape)} != token ids shape {tuple(ids_BL.shape)}"
         )
-    if not isinstance(ids_BL, jax.core.Tracer) and ids_BL.size:
+    if checks.is_concrete(ids_BL) and ids_BL.size:
         lo, hi = int(np.min(ids_BL)), int(np.max(ids_BL))
         if lo < 0 or hi >= vocab_size:
             raise ValueError(
