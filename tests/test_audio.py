@@ -104,7 +104,7 @@ def reference_loudness(reference):
                 batch.append(np.pad(clip, ((0, widest - channels), (0, 0))))
                 index.append((channels, clip))
         measured = torchaudio.transforms.Loudness(sample_rate)(torch.from_numpy(np.stack(batch)))
-        for (channels, clip), value in zip(index, measured.numpy()):
+        for (channels, clip), value in zip(index, measured.numpy(), strict=True):
             out.setdefault((sample_rate, channels), []).append((clip, float(value)))
     return out
 
@@ -112,7 +112,7 @@ def reference_loudness(reference):
 @pytest.mark.parity
 @pytest.mark.parametrize("sample_rate, channels, seconds", LOUDNESS_GROUPS)
 def test_loudness_matches_torchaudio(reference_loudness, sample_rate, channels, seconds):
-    clips, want = zip(*reference_loudness[(sample_rate, channels)])
+    clips, want = zip(*reference_loudness[(sample_rate, channels)], strict=True)
     assert clips[0].shape == (channels, int(sample_rate * seconds))
     got = np.array([loudness(clip, sample_rate) for clip in clips])
     assert np.isfinite(want).all()

@@ -1,4 +1,5 @@
-"""EnCodec: parity with audiocraft's EncodecModel, the converter, shapes, and clear errors on bad input.
+"""EnCodec: parity with audiocraft's EncodecModel, the converter, shapes, and clear errors on bad
+input.
 
 Every parity case builds the reference with random weights (weight norm on, random biases, codebooks
 seeded from the encoder's own residuals; see tests/encodec_reference.py), writes it in the real
@@ -146,7 +147,8 @@ def _compare(cfg, ref, model, wav):
 def test_medium_matches_reference(medium):
     cfg, ref, model, _ = medium
     # >= 1 s, not a multiple of the hop, batch 3: noise, tones, silence. (Inputs shorter than a hop
-    # or than the convs' padding are covered by the tiny configs, at a fraction of the compile time.)
+    # or than the convs' padding are covered by the tiny configs, at a fraction of the compile
+    # time.)
     _compare(cfg, ref, model, _signals(cfg, cfg.sample_rate + 123, ("noise", "tones", "silence")))
 
 

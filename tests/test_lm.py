@@ -1,10 +1,12 @@
-"""The transformer LM: cached decoding vs the full forward, bad input, conversion, and parity with audiocraft.
+"""The transformer LM: cached decoding vs the full forward, bad input, conversion, and parity with
+audiocraft.
 
-Parity: audiocraft's `LMModel` is built with random weights (fp16-rounded, as the release stores them), saved in
-the real export format (fp16 `best_state` + an `xp.cfg` YAML with unresolved interpolations), converted by
-`convert_weights.py`'s code path, loaded with `LMModel.from_pretrained`, and compared on teacher-forced logits and on
-the reference's own streaming (KV-cache) logits. Metric: relative error = max |ours - ref| / max |ref| over all
-logits compared. Tolerances are measured values (docs/parity.md, "Transformer LM") times a small margin.
+Parity: audiocraft's `LMModel` is built with random weights (fp16-rounded, as the release stores
+them), saved in the real export format (fp16 `best_state` + an `xp.cfg` YAML with unresolved
+interpolations), converted by `convert_weights.py`'s code path, loaded with
+`LMModel.from_pretrained`, and compared on teacher-forced logits and on the reference's own
+streaming (KV-cache) logits. Metric: relative error = max |ours - ref| / max |ref| over all logits
+compared. Tolerances are measured values (docs/parity.md, "Transformer LM") times a small margin.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from audiogen_jax import checkpoint, convert
 from audiogen_jax import lm as lm_lib
 from audiogen_jax.config import LMConfig
 
-# Measured (docs/parity.md): fp32 tiny <= 5.0e-7, medium widths <= 1.03e-6; bf16 weights vs fp32 reference <= 4.7e-3.
+# Measured (docs/parity.md): fp32 tiny <= 5.0e-7, medium widths <= 1.03e-6; bf16 weights vs fp32
+# reference <= 4.7e-3.
 TOL_FP32 = 5e-6
 TOL_BF16 = 2e-2
-# Cached decoding vs our own teacher-forced forward (same weights, different op shapes): measured <= 3.3e-7.
+# Cached decoding vs our own teacher-forced forward (same weights, different op shapes): measured
+# <= 3.3e-7.
 TOL_SELF = 5e-6
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,7 +41,7 @@ def rel_err(a, b) -> float:
 
 
 def delayed(codes_BKT: np.ndarray, delays, special: int) -> np.ndarray:
-    """Test-local delay layout (reference `build_pattern_sequence(..., keep_only_valid_steps=False)`)."""
+    """Test-local delay layout (reference `build_pattern_sequence`, keep_only_valid_steps=False)."""
     B, K, T = codes_BKT.shape
     S = T + max(delays) + 1
     seq = np.full((B, K, S), special, codes_BKT.dtype)
@@ -181,7 +185,8 @@ def test_bf16_round_trip_and_layout(tiny, tmp_path):
 
 
 def xp_cfg_yaml(cfg: LMConfig, t5_name: str, extra: str = "") -> str:
-    """A training config written the way audiocraft exports it: unresolved interpolations, obsolete keys."""
+    """A training config written the way audiocraft exports it: unresolved interpolations and
+    obsolete keys."""
     return f"""
 device: cpu
 dtype: float32
@@ -262,7 +267,8 @@ transformer_lm:
 
 
 def build_reference(cfg: LMConfig, seed: int):
-    """audiocraft's LMModel at `cfg`, random weights rounded to fp16 (as the release stores them), norms randomized."""
+    """audiocraft's LMModel at `cfg`, random weights rounded to fp16 (as the release stores them),
+    norms randomized."""
     import torch
 
     torch.manual_seed(seed)
@@ -286,7 +292,8 @@ def build_reference(cfg: LMConfig, seed: int):
 
 
 def reference_logits(ref, seq, cond, mask, prefill: int | None = None):
-    """Teacher-forced logits (prefill=None) or streaming logits: `prefill` steps at once, then one at a time."""
+    """Teacher-forced logits (prefill=None) or streaming logits: `prefill` steps at once, then one
+    at a time."""
     import torch
 
     seq_t = torch.from_numpy(np.asarray(seq, np.int64))
@@ -315,7 +322,8 @@ def our_streaming(model, seq, cond, prefill: int):
 
 CASES = {
     "tiny": (LMConfig.tiny(), "t5-small-test", 50),
-    # AudioGen-medium widths (D 1536, 24 heads, V 2048, K 4, t5-large width 1024) with 2 of its 48 layers.
+    # AudioGen-medium widths (D 1536, 24 heads, V 2048, K 4, t5-large width 1024) with 2 of its 48
+    # layers.
     "medium2": (LMConfig.medium(num_layers=2), "t5-large", 50),
 }
 
@@ -419,7 +427,8 @@ def test_bf16_conversion(converted, tmp_path):
 
 @pytest.mark.parity
 def test_synthetic_state_dict_keys_match_reference(reference):
-    """The full-size memory benchmark builds its state dict by hand: its keys/shapes must be the real ones."""
+    """The full-size memory benchmark builds its state dict by hand: its keys and shapes must be the
+    real ones."""
     cfg = LMConfig.tiny()
     _, state = build_reference(cfg, seed=1)
     synthetic = load_bench().audiocraft_lm_shapes(cfg)
@@ -430,7 +439,8 @@ def test_synthetic_state_dict_keys_match_reference(reference):
 
 @pytest.mark.parity
 def test_biases_parity(reference, tmp_path):
-    """bias_ff / bias_attn / bias_proj = true (AudioGen has none; the port supports them): teacher-forced parity."""
+    """bias_ff / bias_attn / bias_proj = true (AudioGen has none; the port supports them):
+    teacher-forced parity."""
     from refutil import save_audiocraft_package
 
     cfg = LMConfig.from_dict(
@@ -541,7 +551,8 @@ def test_unsupported_settings_refused(tiny_case, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parity
 def test_full_size_checkpoint(reference, tmp_path_factory):
-    """Converts a random 1.84B-parameter fp16 checkpoint, loads it, and compares the first steps' logits.
+    """Converts a random 1.84B-parameter fp16 checkpoint, loads it, and compares the first steps'
+    logits.
 
     Memory: the reference (7.4 GB fp32) runs first and is freed before our model (7.4 GB) is loaded.
     """

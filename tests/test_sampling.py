@@ -116,7 +116,7 @@ def _chi_square_pvalue(ids_NBK: np.ndarray, expected_BKV: np.ndarray) -> float:
     )
     expected = expected_BKV.reshape(B * K, V) * ids_NBK.shape[0]
     chi2, dof = 0.0, 0
-    for observed, exp in zip(counts, expected):
+    for observed, exp in zip(counts, expected, strict=True):
         # An id the reference can never draw must never be drawn.
         assert observed[exp == 0].sum() == 0, "drew an id outside the kept set"
         big = exp >= 5
