@@ -30,6 +30,7 @@ _EXPORTS = {
     "T5EncoderModel": "audiogen_jax.t5",
     "SamplingParams": "audiogen_jax.sampling",
     "generate_codes": "audiogen_jax.generate",
+    "GenerationSettings": "audiogen_jax.generate",
     "audio_write": "audiogen_jax.audio",
     "EncodecConfig": "audiogen_jax.config",
     "LMConfig": "audiogen_jax.config",

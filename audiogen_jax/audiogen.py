@@ -33,18 +33,22 @@ Differences from the reference:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
 from collections.abc import Sequence
 from typing import Any
 
+import huggingface_hub
 import jax
 import numpy as np
 from flax import nnx
 
-from audiogen_jax import checkpoint, presets, sampling
+from audiogen_jax import audio, checkpoint, checks, convert, presets, sampling, t5
 from audiogen_jax import generate as gen
+from audiogen_jax.encodec import EncodecModel
+from audiogen_jax.lm import LMModel
 
 DEFAULT_MODEL = "facebook/audiogen-medium"
 LM_FILE = "state_dict.bin"
@@ -90,13 +94,9 @@ def download_and_convert(name: str, cache_root_dir: str | None = None) -> str:
       checkpoint.CheckpointError: offline, unknown repository, or a corrupt download (with what to
       do).
     """
-    from audiogen_jax import convert
-
     final = _cache_dir(name, cache_root_dir)
     if os.path.isfile(os.path.join(final, _COMPLETE)):
         return final
-    import huggingface_hub
-
     try:
         lm_file = huggingface_hub.hf_hub_download(repo_id=name, filename=LM_FILE)
         compression_file = huggingface_hub.hf_hub_download(repo_id=name, filename=COMPRESSION_FILE)
@@ -180,14 +180,6 @@ def _check_descriptions(descriptions: Any, allow_none: bool) -> list[str | None]
     return list(descriptions)
 
 
-def _finite_number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(float(value)):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return float(value)
-
-
 class AudioGen:
     """Text-to-audio generation with a converted AudioGen checkpoint.
 
@@ -243,10 +235,6 @@ class AudioGen:
           cache_dir: root of the conversion cache; default `$AUDIOGEN_JAX_CACHE` or
             `~/.cache/audiogen_jax`.
         """
-        from audiogen_jax import t5
-        from audiogen_jax.encodec import EncodecModel
-        from audiogen_jax.lm import LMModel
-
         directory = resolve(name_or_dir, cache_dir)
         try:
             codec = EncodecModel.from_pretrained(directory)
@@ -304,60 +292,45 @@ class AudioGen:
           extend_stride: seconds each window moves when generating beyond `max_duration`
             (0 < extend_stride < max_duration).
         """
-        duration = _finite_number("duration", duration)
-        if duration <= 0:
-            raise ValueError(f"duration must be > 0 seconds, got {duration}")
-        extend_stride = _finite_number("extend_stride", extend_stride)
-        if not 0 < extend_stride < self.max_duration:
-            raise ValueError(
-                f"extend_stride must be in (0, max_duration={self.max_duration}) seconds, got "
-                f"{extend_stride}"
-            )
-        if int(duration * self.frame_rate) < 1:
-            raise ValueError(
-                f"duration {duration} s is shorter than one frame (1/{self.frame_rate} s)"
-            )
         cfg = self.lm.config
-        overrides = {
-            k: v
-            for k, v in dict(
-                use_sampling=use_sampling,
-                top_k=top_k,
-                top_p=top_p,
-                temperature=temperature,
-                cfg_coef=cfg_coef,
-            ).items()
-            if v is not None
-        }
-        if "top_k" in overrides and (
-            isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer))
-        ):
-            raise ValueError(f"top_k must be an int, got {top_k!r}")
-        if "top_k" in overrides:
-            overrides["top_k"] = int(top_k)
-            if not 0 <= top_k <= cfg.card:
-                raise ValueError(
-                    f"top_k must be in [0, {cfg.card}] (the codebook size), got {top_k}"
-                )
+        overrides = dict(
+            use_sampling=use_sampling,
+            top_k=top_k,
+            top_p=top_p,
+            temperature=temperature,
+            cfg_coef=cfg_coef,
+        )
+        overrides = {name: value for name, value in overrides.items() if value is not None}
         # A checkpoint's default top_k may exceed a small test codebook; keep at most the whole
         # codebook.
         overrides.setdefault("top_k", min(cfg.top_k, cfg.card))
-        params = sampling.SamplingParams.from_lm_config(cfg, **overrides)
-        self.duration = duration
-        self.extend_stride = extend_stride
-        self.params = params
+        # Both constructors validate (nothing is applied unless all of it is valid).
+        self.settings = gen.GenerationSettings(
+            duration=duration,
+            frame_rate=self.frame_rate,
+            max_duration=self.max_duration,
+            extend_stride=extend_stride,
+            sampling=sampling.SamplingParams.from_lm_config(cfg, **overrides),
+            frame_bucket=max(1, round(self.frame_rate)),
+        )
+
+    @property
+    def params(self) -> sampling.SamplingParams:
+        """The sampling settings in use."""
+        return self.settings.sampling
 
     @property
     def generation_params(self) -> dict[str, Any]:
-        p = self.params
+        """The settings in the reference's `generation_params` form, plus duration and stride."""
+        p = self.settings.sampling
         return dict(
             use_sampling=p.use_sampling,
             temp=p.temperature,
             top_k=p.top_k,
             top_p=p.top_p,
             cfg_coef=p.cfg_coef,
-            duration=self.duration,
-            extend_stride=self.extend_stride,
+            duration=self.settings.duration,
+            extend_stride=self.settings.extend_stride,
         )
 
     # -- generation ------------------------------------------------------------------------------
@@ -392,11 +365,7 @@ class AudioGen:
         return_tokens: bool = False,
     ):
         """Audio with no description (the null condition on both CFG branches)."""
-        if (
-            isinstance(num_samples, bool)
-            or not isinstance(num_samples, (int, np.integer))
-            or num_samples < 1
-        ):
+        if checks.integer("num_samples", num_samples) < 1:
             raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
         return self._generate([None] * int(num_samples), None, progress, seed, return_tokens)
 
@@ -413,8 +382,8 @@ class AudioGen:
 
         Args:
           prompt: [C, W] or [B, C, W] float audio; mono or stereo (mixed down to the model's
-          channels,
-            and resampled when `prompt_sample_rate` differs, as the reference's `convert_audio`).
+            channels, and resampled when `prompt_sample_rate` differs, as the reference's
+            `convert_audio`).
           prompt_sample_rate: the prompt's sample rate in Hz.
           descriptions: B descriptions (or None entries); None means unconditional.
           progress, seed, return_tokens: as `generate`.
@@ -422,8 +391,6 @@ class AudioGen:
         Returns:
           wav [B, 1, W] float32 numpy (and codes when `return_tokens`).
         """
-        from audiogen_jax import audio
-
         wav = np.asarray(prompt)
         if wav.ndim == 2:
             wav = wav[None]
@@ -442,7 +409,7 @@ class AudioGen:
             )
         if W == 0 or not np.all(np.isfinite(wav)):
             raise ValueError("prompt must be non-empty and finite")
-        rate = _finite_number("prompt_sample_rate", prompt_sample_rate)
+        rate = checks.finite_number("prompt_sample_rate", prompt_sample_rate)
         if rate <= 0 or rate != int(rate):
             raise ValueError(
                 f"prompt_sample_rate must be a positive integer (Hz), got {prompt_sample_rate}"
@@ -457,46 +424,35 @@ class AudioGen:
                 wav.astype(np.float32), int(rate), self.sample_rate, self.audio_channels
             )
         )
+        # Checked before encoding (generate_codes checks it again in frames).
         prompt_seconds = wav.shape[-1] / self.sample_rate
-        limit = min(self.duration, self.max_duration)
+        limit = min(self.settings.duration, self.max_duration)
         if math.ceil(wav.shape[-1] / self.compression_model.hop_length) >= int(
             limit * self.frame_rate
         ):
             raise ValueError(
                 f"the prompt ({prompt_seconds:.2f} s) must be shorter than the duration to "
-                "generate "
-                f"({limit:g} s per window); raise duration with set_generation_params"
+                f"generate ({limit:g} s per window); raise duration with set_generation_params"
             )
         codes = np.asarray(jax.device_get(self.compression_model.encode(wav)))
         return self._generate(descriptions, codes, progress, seed, return_tokens)
 
     def _generate(self, descriptions, prompt_codes, progress, seed, return_tokens):
-        from audiogen_jax import t5
-
         if seed is None:
             seed = int.from_bytes(os.urandom(4), "little")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise ValueError(f"seed must be an int, got {seed!r}")
-        key = jax.random.key(int(seed))
-        ids_2BL, mask_2BL = t5.tokenize(
-            self.tokenizer, list(descriptions) + [None] * len(descriptions)
-        )
-        frames = int(self.duration * self.frame_rate)
-        codes = gen.generate_codes(
+        key = jax.random.key(checks.integer("seed", seed))
+        # The window is read when generating, as the reference reads its `max_duration` attribute.
+        settings = dataclasses.replace(self.settings, max_duration=self.max_duration)
+        codes, wav = gen.generate(
             self.lm,
             self.conditioner,
-            ids_2BL,
-            mask_2BL,
-            frames,
+            self.tokenizer,
+            self.compression_model,
+            descriptions,
+            settings,
             key=key,
-            params=self.params,
             prompt_BKT=prompt_codes,
-            max_frames=int(self.max_duration * self.frame_rate),
-            stride_frames=int(self.frame_rate * self.extend_stride),
-            frame_bucket=max(1, round(self.frame_rate)),
             progress=progress,
             splits=self._splits,
-            seconds=(self.duration, self.max_duration, self.frame_rate),
         )
-        wav = np.asarray(jax.device_get(self.compression_model.decode(codes)), np.float32)
         return (wav, codes) if return_tokens else wav

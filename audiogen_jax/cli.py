@@ -23,8 +23,13 @@ import re
 import shutil
 import sys
 import tempfile
+from typing import Any
 
-from audiogen_jax import convert
+import numpy as np
+import soundfile
+
+from audiogen_jax import audio, convert, presets, sampling
+from audiogen_jax.audiogen import DEFAULT_MODEL, AudioGen
 
 STRATEGIES = ("loudness", "peak", "rms", "clip")
 FORMATS = ("wav", "flac")
@@ -65,8 +70,6 @@ def convert_main(argv: list[str] | None = None) -> int:
 
 
 def _generate_parser() -> argparse.ArgumentParser:
-    from audiogen_jax.audiogen import DEFAULT_MODEL
-
     p = argparse.ArgumentParser(
         prog="audiogen-jax generate", description="Text to audio with AudioGen."
     )
@@ -127,16 +130,9 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"description {i + 1} is empty")
     if not math.isfinite(args.duration) or args.duration <= 0:
         raise ValueError(f"--duration must be a positive number of seconds, got {args.duration}")
-    if args.top_k is not None and args.top_k < 0:
-        raise ValueError(f"--top-k must be >= 0, got {args.top_k}")
-    if args.top_p is not None and not 0 <= args.top_p <= 1:
-        raise ValueError(f"--top-p must be in [0, 1], got {args.top_p}")
-    if args.temperature is not None and not args.greedy and not args.temperature > 0:
-        raise ValueError(
-            f"--temperature must be > 0 when sampling (or use --greedy), got {args.temperature}"
-        )
-    if args.cfg_coef is not None and not math.isfinite(args.cfg_coef):
-        raise ValueError(f"--cfg-coef must be finite, got {args.cfg_coef}")
+    # SamplingParams is where sampling settings are validated (the model's codebook size, which
+    # bounds top-k, is checked once it is loaded).
+    sampling.SamplingParams(**_sampling_settings(args))
     if args.prompt is not None and not os.path.isfile(args.prompt):
         raise ValueError(f"--continue {args.prompt}: no such file")
     _check_writable(args.out_dir)
@@ -159,9 +155,19 @@ def _check_writable(out_dir: str) -> None:
         )
 
 
-def _read_prompt(path: str):
-    import soundfile
+def _sampling_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampling options given, as keywords of `SamplingParams` / `set_generation_params`."""
+    given = dict(
+        use_sampling=not args.greedy,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        temperature=None if args.greedy else args.temperature,
+        cfg_coef=args.cfg_coef,
+    )
+    return {name: value for name, value in given.items() if value is not None}
 
+
+def _read_prompt(path: str):
     try:
         wav_WC, rate = soundfile.read(path, dtype="float32", always_2d=True)
     except Exception as e:
@@ -181,23 +187,12 @@ def generate_main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    import numpy as np
-
-    from audiogen_jax.audiogen import AudioGen
-    from audiogen_jax.presets import NOISE_WARNING, TINY_RANDOM
-
     try:
-        if args.model == TINY_RANDOM:
-            print(NOISE_WARNING, file=sys.stderr)
+        if args.model == presets.TINY_RANDOM:
+            print(presets.NOISE_WARNING, file=sys.stderr)
         model = AudioGen.from_pretrained(args.model, dtype=args.dtype, cache_dir=args.cache_dir)
         model.set_generation_params(
-            duration=args.duration,
-            use_sampling=not args.greedy,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            temperature=None if args.greedy else args.temperature,
-            cfg_coef=args.cfg_coef,
-            extend_stride=args.extend_stride,
+            duration=args.duration, extend_stride=args.extend_stride, **_sampling_settings(args)
         )
         progress = not args.no_progress
         descriptions = list(args.descriptions)
@@ -222,8 +217,6 @@ def generate_main(argv: list[str] | None = None) -> int:
 
 def _write_all(wav_B1W, sample_rate: int, names: list[str], args: argparse.Namespace) -> list[str]:
     """Writes every output into a temporary directory in out_dir, then renames them into place."""
-    from audiogen_jax import audio
-
     os.makedirs(args.out_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".audiogen-", dir=args.out_dir)
     try:

@@ -2,7 +2,8 @@
 
 Pure functions on logits whose last axis is the codebook vocabulary V; every other axis (usually
 `[B, K]`) is a batch axis. They run under `jax.jit` with the sampling settings static: the
-settings live in `SamplingParams`, a frozen, hashable dataclass.
+settings live in `SamplingParams`, a frozen, hashable dataclass, which is also the one place they
+are validated (the API and the command line build one to check what they are given).
 
 The order of operations follows the reference's `LMModel._sample_next_token`
 (audiocraft/models/lm.py) and its helpers `sample_top_k` / `sample_top_p`
@@ -30,10 +31,11 @@ Differences from the reference:
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
+
+from audiogen_jax import checks
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -49,16 +51,11 @@ class SamplingParams:
     def __post_init__(self):
         if not isinstance(self.use_sampling, bool):
             raise ValueError(f"use_sampling must be a bool, got {self.use_sampling!r}")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int):
-            raise ValueError(f"top_k must be an int, got {self.top_k!r}")
+        # Plain ints and floats (numpy scalars are accepted): the dataclass stays hashable and
+        # equal across int/float spellings.
+        object.__setattr__(self, "top_k", checks.integer("top_k", self.top_k))
         for name in ("temperature", "top_p", "cfg_coef"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{name} must be a number, got {value!r}")
-            if not math.isfinite(value):
-                raise ValueError(f"{name} must be finite, got {value!r}")
-            # Plain floats keep the dataclass hashable and equal across int/float spellings.
-            object.__setattr__(self, name, float(value))
+            object.__setattr__(self, name, checks.finite_number(name, getattr(self, name)))
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
         if not 0.0 <= self.top_p <= 1.0:

@@ -344,6 +344,7 @@ def load_tokenizer(directory_or_hub_id: str | os.PathLike):
         converted directory (its `tokenizer/` is used), or a hub id such as "t5-large" where the
         network allows.
     """
+    # transformers takes seconds to import; only loading a tokenizer needs it.
     from transformers import T5Tokenizer
 
     src = os.fspath(directory_or_hub_id)

@@ -136,11 +136,11 @@ def test_continue_flac_greedy_and_progress(cache, tmp_path, capsys):
         (["a", "--duration", "-2"], "--duration must be a positive"),
         (["a", "--duration", "nan"], "--duration must be a positive"),
         (["a", "--duration", "inf"], "--duration must be a positive"),
-        (["a", "--top-k", "-1"], "--top-k must be >= 0"),
-        (["a", "--top-p", "1.5"], r"--top-p must be in \[0, 1\]"),
-        (["a", "--top-p", "-0.5"], r"--top-p must be in \[0, 1\]"),
-        (["a", "--temperature", "0"], "--temperature must be > 0"),
-        (["a", "--cfg-coef", "nan"], "--cfg-coef must be finite"),
+        (["a", "--top-k", "-1"], "top_k must be >= 0"),
+        (["a", "--top-p", "1.5"], r"top_p must be in \[0, 1\]"),
+        (["a", "--top-p", "-0.5"], r"top_p must be in \[0, 1\]"),
+        (["a", "--temperature", "0"], "temperature must be > 0"),
+        (["a", "--cfg-coef", "nan"], "cfg_coef must be finite"),
         (["  "], "description 1 is empty"),
         (["a", "--continue", "/nonexistent.wav"], "no such file"),
     ],
@@ -166,7 +166,7 @@ def test_unwritable_output_directory(cache, tmp_path, capsys):
     [
         (
             ["a", "--top-k", "33", "--duration", "1"],
-            "top_k must be in",
+            "top_k=33 exceeds the codebook size 32",
         ),  # the tiny codebooks hold 32
         (["a", "--duration", "0.2", "--continue", "PROMPT"], "shorter than the duration"),
         (["a", "--duration", "1", "--continue", "PROMPT3"], "3 channels"),
