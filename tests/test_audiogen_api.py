@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from audiogen_jax import audiogen as api
+from audiogen_jax import lm_params
 from audiogen_jax.audiogen import AudioGen
 from audiogen_jax.checkpoint import CheckpointError
 
@@ -205,15 +206,13 @@ def release_files(reference, tmp_path_factory):
 def test_hub_download_converts_once_then_uses_the_cache(release_files, tmp_path, monkeypatch):
     import huggingface_hub
 
-    from audiogen_jax import convert
-
     files, t5_name = release_files
     hub = FakeHub({api.DEFAULT_MODEL: os.path.dirname(files["lm"]), t5_name: files["t5"]})
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub)
     conversions = []
-    real = convert.convert_lm
+    real = lm_params.convert_lm
     monkeypatch.setattr(
-        convert, "convert_lm", lambda *a, **k: (conversions.append(a), real(*a, **k))[1]
+        lm_params, "convert_lm", lambda *a, **k: (conversions.append(a), real(*a, **k))[1]
     )
     monkeypatch.setenv("AUDIOGEN_JAX_CACHE", str(tmp_path / "cache"))
 

@@ -18,9 +18,11 @@ import pytest
 from flax import nnx
 from refutil import reference_lm
 
-from audiogen_jax import checkpoint, convert
+from audiogen_jax import checkpoint, lm_params
 from audiogen_jax import lm as lm_lib
 from audiogen_jax.config import LMConfig
+from audiogen_jax.io.audiocraft import YamlConfig
+from audiogen_jax.io.errors import ConversionError
 
 # Measured (docs/parity.md): fp32 tiny <= 5.0e-7, medium widths <= 1.03e-6; bf16 weights vs fp32 reference <= 4.7e-3.
 TOL_FP32 = 5e-6
@@ -157,8 +159,7 @@ def test_bf16_round_trip_and_layout(tiny, tmp_path):
     err = rel_err(lm_lib.forward(bf, seq, cond), ref)
     print(f"tiny: bf16 copy vs fp32 model rel err {err:.2e}")
     assert err < TOL_BF16
-    checkpoint.save_module(bf, tmp_path / "lm.safetensors")
-    checkpoint.update_config(tmp_path, "lm", cfg.to_dict())
+    bf.save_pretrained(tmp_path)
     loaded = lm_lib.LMModel.from_pretrained(tmp_path)  # keeps the file's dtype
     assert loaded.dtype == jnp.bfloat16
     np.testing.assert_array_equal(lm_lib.forward(loaded, seq, cond), lm_lib.forward(bf, seq, cond))
@@ -280,8 +281,8 @@ def build_reference(cfg: LMConfig, seed: int):
             p.copy_(p.half().float())
     state = dict(ref.state_dict())
     proj = torch.nn.Linear(cfg.condition_dim, cfg.dim)
-    state[convert.LM_OUTPUT_PROJ + ".weight"] = proj.weight.detach()
-    state[convert.LM_OUTPUT_PROJ + ".bias"] = proj.bias.detach()
+    state[lm_params.LM_OUTPUT_PROJ + ".weight"] = proj.weight.detach()
+    state[lm_params.LM_OUTPUT_PROJ + ".bias"] = proj.bias.detach()
     return ref, state
 
 
@@ -328,7 +329,7 @@ def make_case(name: str, tmp_path_factory) -> dict:
     d = tmp_path_factory.mktemp(f"lm_{name}")
     src = d / "state_dict.bin"
     save_audiocraft_package(src, state, xp_cfg_yaml(cfg, t5_name), half=True)
-    convert.convert_lm(src, d / "out")
+    lm_params.convert_lm(src, d / "out")
     rng = np.random.default_rng(0)
     B, L = 2, 7
     seq = delayed(rng.integers(0, cfg.card, (B, cfg.n_q, T)), cfg.delays, cfg.card)
@@ -374,8 +375,8 @@ def test_converted_config_and_conditioner(converted):
     from safetensors.numpy import load_file
 
     proj = load_file(str(out / "conditioner.safetensors"))
-    w = converted["state"][convert.LM_OUTPUT_PROJ + ".weight"].to(torch.float16).float().numpy()
-    b = converted["state"][convert.LM_OUTPUT_PROJ + ".bias"].to(torch.float16).float().numpy()
+    w = converted["state"][lm_params.LM_OUTPUT_PROJ + ".weight"].to(torch.float16).float().numpy()
+    b = converted["state"][lm_params.LM_OUTPUT_PROJ + ".bias"].to(torch.float16).float().numpy()
     np.testing.assert_array_equal(proj["kernel"], w.T)
     np.testing.assert_array_equal(proj["bias"], b)
 
@@ -407,7 +408,7 @@ def test_streaming_parity(converted):
 
 @pytest.mark.parity
 def test_bf16_conversion(converted, tmp_path):
-    convert.convert_lm(converted["src"], tmp_path, dtype="bfloat16")
+    lm_params.convert_lm(converted["src"], tmp_path, dtype="bfloat16")
     model = lm_lib.LMModel.from_pretrained(tmp_path)
     assert model.dtype == jnp.bfloat16
     seq, cond = converted["seq"], converted["cond"]
@@ -441,7 +442,7 @@ def test_biases_parity(reference, tmp_path):
     save_audiocraft_package(
         tmp_path / "sd.bin", state, xp_cfg_yaml(cfg, "t5-small-test"), half=True
     )
-    convert.convert_lm(tmp_path / "sd.bin", tmp_path / "out")
+    lm_params.convert_lm(tmp_path / "sd.bin", tmp_path / "out")
     model = lm_lib.LMModel.from_pretrained(tmp_path / "out")
     rng = np.random.default_rng(3)
     seq = delayed(rng.integers(0, cfg.card, (2, cfg.n_q, 20)), cfg.delays, cfg.card)
@@ -481,8 +482,8 @@ def test_conversion_errors(tiny_case, tmp_path):
         add={"transformer.layers.0.extra.weight": torch.zeros(3)},
         reshape={"linears.2.weight": (5, 7), "emb.0.weight": (3, 3)},
     )
-    with pytest.raises(convert.ConversionError) as e:
-        convert.convert_lm(bad, tmp_path / "out")
+    with pytest.raises(ConversionError) as e:
+        lm_params.convert_lm(bad, tmp_path / "out")
     msg = str(e.value)
     assert (
         "transformer.layers.0.extra.weight" in msg and "transformer.layers.1.linear2.kernel" in msg
@@ -491,13 +492,13 @@ def test_conversion_errors(tiny_case, tmp_path):
     bad = _mutated_package(
         converted, tmp_path, reshape={"linears.2.weight": (5, 7), "emb.0.weight": (3, 3)}
     )
-    with pytest.raises(convert.ConversionError) as e:
-        convert.convert_lm(bad, tmp_path / "out")
+    with pytest.raises(ConversionError) as e:
+        lm_params.convert_lm(bad, tmp_path / "out")
     assert "linears.2.kernel" in str(e.value) and "emb.0.embedding" in str(e.value)
     assert not (tmp_path / "out" / "lm.safetensors").exists()
-    bad = _mutated_package(converted, tmp_path, drop=[convert.LM_OUTPUT_PROJ + ".weight"])
-    with pytest.raises(convert.ConversionError, match="output_proj"):
-        convert.convert_lm(bad, tmp_path / "out")
+    bad = _mutated_package(converted, tmp_path, drop=[lm_params.LM_OUTPUT_PROJ + ".weight"])
+    with pytest.raises(ConversionError, match="output_proj"):
+        lm_params.convert_lm(bad, tmp_path / "out")
 
 
 @pytest.mark.parity
@@ -513,9 +514,9 @@ def test_unsupported_settings_refused(tiny_case, tmp_path):
     )
     tree["transformer_lm"]["norm_first"] = False
     tree["codebooks_pattern"]["modeling"] = "unroll"
-    xp = convert.YamlConfig(tree)
+    xp = YamlConfig(tree)
     with pytest.raises(ValueError) as e:
-        convert.lm_config_from_audiocraft(xp, None)
+        lm_params.lm_config_from_audiocraft(xp, None)
     for word in (
         "positional_embedding",
         "qk_layer_norm",
@@ -530,8 +531,8 @@ def test_unsupported_settings_refused(tiny_case, tmp_path):
 
     src = tmp_path / "rope.bin"
     save_audiocraft_package(src, converted["state"], yaml.safe_dump(tree), half=True)
-    with pytest.raises(convert.ConversionError, match="positional_embedding"):
-        convert.convert_lm(src, tmp_path / "out")
+    with pytest.raises(ConversionError, match="positional_embedding"):
+        lm_params.convert_lm(src, tmp_path / "out")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -569,7 +570,7 @@ def test_full_size_checkpoint(reference, tmp_path_factory):
     del ref
     gc.collect()
 
-    convert.convert_lm(src, d / "out")
+    lm_params.convert_lm(src, d / "out")
     os.remove(src)
     model = lm_lib.LMModel.from_pretrained(d / "out")
     err_tf = rel_err(lm_lib.forward(model, seq, cond), want_tf)
