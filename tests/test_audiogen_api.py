@@ -3,6 +3,7 @@ and corrupt checkpoints), settings validation, output shapes, seeds, continuatio
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from audiogen_jax import audiogen as api
-from audiogen_jax import lm_params
+from audiogen_jax import checkpoint, lm_params
 from audiogen_jax.audiogen import AudioGen
 from audiogen_jax.checkpoint import CheckpointError
 
@@ -230,6 +231,13 @@ def test_hub_download_converts_once_then_uses_the_cache(release_files, tmp_path,
     first.set_generation_params(duration=0.2, use_sampling=False)
     second.set_generation_params(duration=0.2, use_sampling=False)
     np.testing.assert_array_equal(first.generate(["a"], seed=0), second.generate(["a"], seed=0))
+
+    # An entry written by an older converted format is converted again, by itself.
+    cfg = checkpoint.read_config(cached)
+    checkpoint_json = cached / checkpoint.CONFIG_FILE
+    checkpoint_json.write_text(json.dumps({**cfg, "version": checkpoint.VERSION - 1}))
+    AudioGen.from_pretrained(api.DEFAULT_MODEL)
+    assert len(conversions) == 2 and checkpoint.read_config(cached)["version"] == checkpoint.VERSION
 
 
 def test_hub_offline_and_corrupt(release_files, tmp_path, monkeypatch):

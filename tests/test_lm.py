@@ -177,6 +177,34 @@ def test_bf16_round_trip_and_layout(tiny, tmp_path):
     assert rel_err(lm_lib.forward(up, seq, cond), ref) < TOL_BF16
 
 
+def test_one_kernel_layout_on_disk(tiny, tmp_path):
+    """Kernels are stored [in, out] whatever the dtype; a file without that marker (written before
+    the layout was fixed, 16-bit kernels [out, in]) is refused with the command that re-converts."""
+    from audiogen_jax.io.safetensors import SafetensorsFile
+
+    bf = tiny.astype(jnp.bfloat16)
+    bf.save_pretrained(tmp_path / "bf16")
+    tiny.save_pretrained(tmp_path / "f32")
+    files = {d: SafetensorsFile(tmp_path / d / "lm.safetensors") for d in ("bf16", "f32")}
+    key = "transformer.layers.0.linear1.kernel"  # [D, F] in either file
+    assert (
+        files["bf16"][key].shape
+        == files["f32"][key].shape
+        == (tiny.config.dim, tiny.config.ffn_dim)
+    )
+    assert all(f.metadata[lm_lib.LAYOUT_KEY] == "in_out" for f in files.values())
+    np.testing.assert_array_equal(
+        files["bf16"].read(key).astype(np.float32),
+        np.asarray(tiny.transformer.layers[0].linear1.kernel[...].astype(jnp.bfloat16), np.float32),
+    )
+    old = tmp_path / "old"
+    checkpoint.save_module(bf, tmp_path / "lm.safetensors")  # runtime layout, no marker
+    checkpoint.update_config(old, "lm", tiny.config.to_dict())
+    os.replace(tmp_path / "lm.safetensors", old / "lm.safetensors")
+    with pytest.raises(checkpoint.CheckpointError, match="older audiogen-jax.*convert --lm"):
+        lm_lib.LMModel.from_pretrained(old)
+
+
 # --------------------------------------------------------------------------------------------------
 # Parity with audiocraft.
 
