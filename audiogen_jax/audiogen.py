@@ -10,9 +10,10 @@
   - a hub id such as `facebook/audiogen-medium`: downloads `state_dict.bin` and
     `compression_state_dict.bin` with huggingface_hub, plus the T5 encoder its config names
     (`t5-large`: config.json, model.safetensors, spiece.model and tokenizer files), converts them
-    once with `convert.py`, and caches the converted directory under `$AUDIOGEN_JAX_CACHE/<name>`
-    (default `~/.cache/audiogen_jax/<name>`). Later calls load the cache without touching the
-    network.
+    once (`encodec_params.py`, `lm_params.py`, `t5_params.py`), and caches the converted
+    directory under `$AUDIOGEN_JAX_CACHE/<name>` (default `~/.cache/audiogen_jax/<name>`). Later
+    calls load the cache without touching the network; an entry of an older format version is
+    converted again.
 
 References: audiocraft 1.3.0 `models/audiogen.py` (`AudioGen`), `models/genmodel.py`
 (`BaseGenModel`: `set_generation_params`, `generate`, `generate_unconditional`,
@@ -45,7 +46,17 @@ import jax
 import numpy as np
 from flax import nnx
 
-from audiogen_jax import audio, checkpoint, checks, convert, presets, sampling, t5
+from audiogen_jax import (
+    audio,
+    checkpoint,
+    checks,
+    encodec_params,
+    lm_params,
+    presets,
+    sampling,
+    t5,
+    t5_params,
+)
 from audiogen_jax import generate as gen
 from audiogen_jax.encodec import EncodecModel
 from audiogen_jax.lm import LMModel
@@ -95,7 +106,8 @@ def download_and_convert(name: str, cache_root_dir: str | None = None) -> str:
       do).
     """
     final = _cache_dir(name, cache_root_dir)
-    if os.path.isfile(os.path.join(final, _COMPLETE)):
+    # An entry of an older format version is converted again.
+    if os.path.isfile(os.path.join(final, _COMPLETE)) and checkpoint.is_current(final):
         return final
     try:
         lm_file = huggingface_hub.hf_hub_download(repo_id=name, filename=LM_FILE)
@@ -109,9 +121,9 @@ def download_and_convert(name: str, cache_root_dir: str | None = None) -> str:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         try:
-            convert.convert_compression(compression_file, tmp)
-            convert.convert_lm(lm_file, tmp)
-        except (convert.ConversionError, OSError, ValueError) as e:
+            encodec_params.convert_compression(compression_file, tmp)
+            lm_params.convert_lm(lm_file, tmp)
+        except (OSError, ValueError) as e:
             raise checkpoint.CheckpointError(
                 f"the checkpoint downloaded for {name!r} could not be converted: {e}\n"
                 "A corrupt download is the usual cause: remove it from the Hugging Face cache "
@@ -120,8 +132,8 @@ def download_and_convert(name: str, cache_root_dir: str | None = None) -> str:
             ) from e
         t5_name = checkpoint.read_config(tmp, "conditioner")["name"]
         try:
-            convert.convert_t5(t5_name, tmp)
-        except (convert.ConversionError, OSError, ValueError) as e:
+            t5_params.convert_t5(t5_name, tmp)
+        except (OSError, ValueError) as e:
             raise checkpoint.CheckpointError(
                 f"could not get or convert the text encoder {t5_name!r} for {name!r}: {e}\n"
                 f"{_how_to_get(name)}"
@@ -148,7 +160,7 @@ def resolve(name_or_dir: str | os.PathLike, cache_root_dir: str | None = None) -
         )
     if name == presets.TINY_RANDOM:
         final = _cache_dir(name, cache_root_dir)
-        if not os.path.isfile(os.path.join(final, checkpoint.CONFIG_FILE)):
+        if not checkpoint.is_current(final):
             presets.build_tiny_random(final)
         return final
     if _looks_like_hub_id(name):

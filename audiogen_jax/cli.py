@@ -28,8 +28,12 @@ from typing import Any
 import numpy as np
 import soundfile
 
-from audiogen_jax import audio, convert, presets, sampling
+from audiogen_jax import audio, presets, sampling
 from audiogen_jax.audiogen import DEFAULT_MODEL, AudioGen
+from audiogen_jax.encodec_params import convert_compression
+from audiogen_jax.io.errors import FormatError
+from audiogen_jax.lm_params import convert_lm
+from audiogen_jax.t5_params import convert_t5
 
 STRATEGIES = ("loudness", "peak", "rms", "clip")
 FORMATS = ("wav", "flac")
@@ -55,15 +59,15 @@ def convert_main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.compression:
-            convert.convert_compression(args.compression, args.out)
+            convert_compression(args.compression, args.out)
             print(f"EnCodec -> {args.out}")
         if args.t5:
-            convert.convert_t5(args.t5, args.out)
+            convert_t5(args.t5, args.out)
             print(f"T5 -> {args.out}")
         if args.lm:
-            convert.convert_lm(args.lm, args.out, dtype=args.dtype)
+            convert_lm(args.lm, args.out, dtype=args.dtype)
             print(f"LM ({args.dtype}) -> {args.out}")
-    except (convert.ConversionError, ValueError, OSError) as e:
+    except (FormatError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

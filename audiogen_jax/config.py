@@ -1,9 +1,10 @@
 """Frozen configs for every component, with presets.
 
-Each config holds only what the architecture uses, is read from the checkpoint's own config at conversion
-time (`from_audiocraft` / `from_hf`), and is stored in the converted directory's `config.json`. Nothing in
-the model code assumes AudioGen-medium's numbers: those live in the `medium()` presets below, next to the
-`tiny()` presets the tests and the offline `tiny-random` model use.
+Each config holds only what the architecture uses, is read from the checkpoint's own config at
+conversion time (by `encodec_params.py`, `t5_params.py`, `lm_params.py`), and is stored in the
+converted directory's `config.json`. Nothing in the model code assumes AudioGen-medium's numbers:
+those live in the `medium()` presets below, next to the `tiny()` presets the tests and the offline
+`tiny-random` model use.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def _jsonable(v: Any) -> Any:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class EncodecConfig(_Dict):
-    """SEANet encoder/decoder + residual VQ (audiocraft `EncodecModel`, `SEANetEncoder/Decoder`, RVQ)."""
+    """SEANet encoder/decoder + residual VQ (audiocraft `EncodecModel`, `SEANetEncoder/Decoder`,
+    RVQ)."""
 
     sample_rate: int  # Hz
     channels: int = 1  # audio channels
@@ -123,14 +125,16 @@ class T5Config(_Dict):
     def __post_init__(self):
         _check(
             self.feed_forward_proj in ("relu", "gated-gelu"),
-            f"unsupported feed_forward_proj {self.feed_forward_proj!r} (supported: 'relu', 'gated-gelu')",
+            f"unsupported feed_forward_proj {self.feed_forward_proj!r} "
+            "(supported: 'relu', 'gated-gelu')",
         )
         _check(self.num_heads >= 1 and self.d_kv >= 1, "num_heads and d_kv must be >= 1")
         _check(
             min(self.vocab_size, self.d_model, self.d_ff, self.num_layers) >= 1,
             "vocab_size, d_model, d_ff and num_layers must be >= 1",
         )
-        # Bidirectional buckets: half per direction, half of those exact, the rest log-spaced up to max_distance.
+        # Bidirectional buckets: half per direction, half of those exact, the rest log-spaced up to
+        # max_distance.
         _check(
             self.relative_attention_num_buckets >= 4, "relative_attention_num_buckets must be >= 4"
         )
@@ -138,23 +142,6 @@ class T5Config(_Dict):
             self.relative_attention_max_distance > self.relative_attention_num_buckets // 4,
             "relative_attention_max_distance must exceed relative_attention_num_buckets // 4",
         )
-
-    @classmethod
-    def from_hf(cls, hf: dict[str, Any]) -> T5Config:
-        """From a Hugging Face `config.json`; absent keys take transformers' `T5Config` defaults.
-
-        Old configs (t5-large's) lack `feed_forward_proj` and `relative_attention_max_distance`, so they get
-        transformers' defaults "relu" and 128, exactly as `T5EncoderModel.from_pretrained` would.
-        """
-        model_type = hf.get("model_type", "t5")
-        _check(model_type in ("t5", "mt5"), f"not a T5 config.json (model_type={model_type!r})")
-        defaults = dict(
-            vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8
-        )
-        kwargs = {
-            f.name: hf.get(f.name, defaults.get(f.name, f.default)) for f in dataclasses.fields(cls)
-        }
-        return cls(**kwargs)
 
     @classmethod
     def large(cls) -> T5Config:

@@ -1,7 +1,8 @@
 """EnCodec: the neural audio codec that turns a waveform into K streams of integer codes and back.
 
-    wav [B, C, W] --SEANet encoder--> latents [B, T, D] --RVQ--> codes [B, K, T]   T = ceil(W / hop)
+    wav [B, C, W] --SEANet encoder--> latents [B, T, D] --RVQ--> codes [B, K, T]
     codes [B, K, T] --sum of codewords--> latents [B, T, D] --SEANet decoder--> wav [B, C, T * hop]
+    (T = ceil(W / hop))
 
 The SEANet encoder is a stack of strided 1-d convolutions (one per ratio; hop = product of the
 ratios), each preceded by residual blocks, then a multi-layer LSTM with a skip connection at the
@@ -13,7 +14,7 @@ audiocraft 1.3.0 `models/encodec.py` (`EncodecModel`), `modules/seanet.py` (`SEA
 `SEANetDecoder`, `SEANetResnetBlock`), `modules/conv.py` (`StreamableConv1d`,
 `StreamableConvTranspose1d`, `pad1d`), `modules/lstm.py` (`StreamableLSTM`). Module attribute names
 follow the reference's state-dict keys (`encoder.model.3.conv.kernel` for
-`encoder.model.3.conv.conv.weight_{g,v}`), so the weight map is renames.
+`encoder.model.3.conv.conv.weight_{g,v}`), so `encodec_params.py` is mostly renames.
 
 Differences from the reference:
 - Activations are channels-last `[B, W, C]` inside the codec (XLA:CPU convolutions are fastest that
@@ -39,14 +40,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from audiogen_jax import checkpoint, checks
+from audiogen_jax import checkpoint, checks, initializers
 from audiogen_jax.config import EncodecConfig
-from audiogen_jax.quantization import ResidualVectorQuantizer, host_random
+from audiogen_jax.quantization import ResidualVectorQuantizer
 
 
 def _uniform(key: jax.Array, shape: tuple[int, ...], bound: float) -> nnx.Param:
-    """A parameter drawn from U(-bound, bound) (numpy on the host: see `host_random`)."""
-    return nnx.Param(host_random(key, shape, lambda g, s: g.uniform(-bound, bound, s)))
+    """A parameter drawn from U(-bound, bound) (numpy on the host: see `initializers.py`)."""
+    return nnx.Param(initializers.uniform(key, shape, bound))
 
 
 def _zeros(shape: tuple[int, ...]) -> nnx.Param:
@@ -63,17 +64,16 @@ _JNP_PAD_MODES = {
 
 
 def _extra_padding(length: int, kernel_size: int, stride: int, padding_total: int) -> int:
-    """Right padding that completes the last window of a strided conv.
-
-    Reference: `get_extra_padding_for_conv1d`.
-    """
+    """Right padding that makes the last window of a strided conv full (reference
+    `get_extra_padding_for_conv1d`)."""
     n_frames = (length - kernel_size + padding_total) / stride + 1
     ideal_length = (math.ceil(n_frames) - 1) * stride + (kernel_size - padding_total)
     return ideal_length - length
 
 
 def _pad1d(x_BWC: jax.Array, left: int, right: int, mode: str) -> jax.Array:
-    """Pads the time axis like the reference's `pad1d`, reflect padding of short inputs included."""
+    """Pads the time axis like the reference's `pad1d`, including reflect padding of very short
+    inputs."""
     if left == 0 and right == 0:
         return x_BWC
     extra = 0
@@ -89,8 +89,8 @@ def _pad1d(x_BWC: jax.Array, left: int, right: int, mode: str) -> jax.Array:
 
 
 class ELU(nnx.Module):
-    """x if x > 0 else alpha * (exp(x) - 1); a module, though parameterless, so indices match the
-    reference's."""
+    """x if x > 0 else alpha * (exp(x) - 1); parameterless, kept as a module so indices match the
+    reference."""
 
     def __init__(self, alpha: float = 1.0):
         self.alpha = alpha
@@ -107,10 +107,8 @@ class Tanh(nnx.Module):
 
 
 class Conv1d(nnx.Module):
-    """A plain 1-d convolution without padding.
-
-    kernel [k, C_in, C_out] (torch's weight is [C_out, C_in, k]).
-    """
+    """A plain 1-d convolution without padding; kernel [k, C_in, C_out] (torch's weight is
+    [C_out, C_in, k])."""
 
     def __init__(
         self,
@@ -185,11 +183,11 @@ class ConvTranspose1d(nnx.Module):
 
 
 class StreamableConv1d(nnx.Module):
-    """Conv1d that pads its own input so the output has ceil(W / stride) frames.
+    """Conv1d that pads its own input so the output has ceil(W / stride) frames (reference
+    `StreamableConv1d`).
 
-    Reference `StreamableConv1d`. Non-causal: the padding is split between both sides (the extra
-    half sample goes left). Causal: all of it on the left. Either way, extra right padding
-    completes the last strided window.
+    Non-causal: the padding is split between both sides (the extra half sample goes left). Causal:
+    all of it on the left. Either way, extra right padding completes the last strided window.
     """
 
     def __init__(
@@ -225,7 +223,8 @@ class StreamableConv1d(nnx.Module):
 
 
 class StreamableConvTranspose1d(nnx.Module):
-    """ConvTranspose1d trimmed back to L * stride samples (`StreamableConvTranspose1d`)."""
+    """ConvTranspose1d trimmed back to L * stride samples (reference
+    `StreamableConvTranspose1d`)."""
 
     def __init__(
         self,
@@ -338,7 +337,8 @@ def _run(layers: nnx.List, x: jax.Array) -> jax.Array:
 
 
 class SEANetEncoder(nnx.Module):
-    """wav [B, W, C_audio] -> latents [B, ceil(W / hop), D]; `model` indices are the reference's."""
+    """wav [B, W, C_audio] -> latents [B, ceil(W / hop), D]; `model` indices match the
+    reference's."""
 
     def __init__(self, cfg: EncodecConfig, *, rngs: nnx.Rngs):
         common = {"causal": cfg.causal, "pad_mode": cfg.pad_mode, "rngs": rngs}
@@ -461,7 +461,8 @@ def _decode_jit(graphdef, state, codes_BKT):
 
 
 class EncodecModel(nnx.Module):
-    """SEANet encoder + residual VQ + SEANet decoder (`EncodecModel`, renormalize=False)."""
+    """SEANet encoder + residual VQ + SEANet decoder (reference `EncodecModel`,
+    renormalize=False)."""
 
     def __init__(self, cfg: EncodecConfig, *, rngs: nnx.Rngs):
         self.config = cfg
@@ -471,8 +472,8 @@ class EncodecModel(nnx.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> EncodecModel:
-        """Loads a converted directory: `config.json` section 'compression' and
-        `compression.safetensors`."""
+        """Loads a converted directory (`config.json` section 'compression' +
+        `compression.safetensors`)."""
         cfg = EncodecConfig.from_dict(checkpoint.read_config(directory, "compression"))
         path = os.path.join(directory, checkpoint.WEIGHT_FILES["compression"])
         return checkpoint.load_module(lambda: cls(cfg, rngs=nnx.Rngs(0)), path)
@@ -491,7 +492,8 @@ class EncodecModel(nnx.Module):
 
     @property
     def frame_rate(self) -> int:
-        """Frames per second, `sample_rate // hop_length` (an int, as the reference's builder)."""
+        """Frames per second, `sample_rate // hop_length` (an int, as the reference's builder
+        sets)."""
         return self.config.frame_rate
 
     @property
@@ -540,7 +542,8 @@ class EncodecModel(nnx.Module):
           codes_BKT: [B, K, T] integers in [0, bins); K <= n_q uses the first K codebooks only.
 
         Returns:
-          wav [B, C, T * hop_length] float32 (not trimmed to the encoded length: the reference's).
+          wav [B, C, T * hop_length] float32 (not trimmed to the encoded length, like the
+          reference).
         """
         codes = _check_codes(codes_BKT, self.n_q, self.cardinality)
         graphdef, state = nnx.split(self)

@@ -10,7 +10,7 @@ Mirrors audiocraft 1.3.0 `models/lm.py::LMModel.forward` and `modules/transforme
 (`StreamingTransformer`, `StreamingTransformerLayer`, `StreamingMultiheadAttention` on its custom,
 `memory_efficient` path, `create_sin_embedding`). Attribute names follow the checkpoint keys
 (`emb`, `transformer.layers.{i}.self_attn`, `cross_attention`, `linear1`, `linear2`, `norm1`,
-`norm_cross`, `norm2`, `out_norm`, `linears`), so the weight map is mostly renames.
+`norm_cross`, `norm2`, `out_norm`, `linears`), so `lm_params.py` is mostly renames.
 
 Shapes: B batch, K codebooks, S steps of the delayed layout, L text tokens, D model width,
 F feed-forward width, N heads, H head width, V codebook size (`card`), M cache length (max steps).
@@ -35,10 +35,13 @@ Differences from the reference:
     allows it (causal within the block), which a prompt prefill uses.
   - Cross-attention keys/values of the condition are computed once per generation (`init_cache`),
     not at every step as the reference does.
-  - Linear kernels are stored `[in, out]` for float32 weights (the fastest layout for XLA:CPU),
+  - Linear kernels are held `[in, out]` for float32 weights (the layout XLA:CPU streams fastest)
     and `[out, in]` (the checkpoint's layout) for bfloat16/float16 weights, whose matmuls take
-    bf16 inputs and accumulate in float32 (`preferred_element_type`): see docs/parity.md for the
-    decode-step timings behind this choice. Activations, softmax and norms are float32 throughout.
+    16-bit inputs and accumulate in float32 (`preferred_element_type`); docs/performance.md has
+    the timings behind the choice. On disk every kernel is `[in, out]`, whatever the dtype;
+    `from_pretrained` lays them out for the dtype it loads. Activations, softmax and norms are
+    float32 throughout.
+  - Opt-in int8 weights (`astype(jnp.int8)`, see `int8.py`), beyond the reference.
   - Only what AudioGen uses is implemented: pre-norm (`norm_first`), LayerNorm, sinusoidal
     positions, GELU, `kv_repeat == 1`, no layer scale, no q/k LayerNorm, no rope. The converter
     refuses checkpoints that need anything else.
@@ -56,42 +59,28 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from audiogen_jax import checkpoint, checks
+from audiogen_jax import checkpoint, checks, int8
 from audiogen_jax.config import LMConfig
 
 # A large finite negative score: masked logits vanish in the softmax without risking inf - inf.
 _MASKED = -1e30
 
 
+# Every kernel is stored [in, out] in lm.safetensors, whatever its dtype; the header says so under
+# this key, which files written before this layout was fixed (16-bit kernels [out, in]) lack.
+DISK_LAYOUT = "in_out"
+LAYOUT_KEY = "kernel_layout"
+
+
 def kernel_layout(param_dtype) -> str:
-    """'in_out' for float32 kernels, 'out_in' (checkpoint layout) for 16-bit and int8 ones."""
+    """The layout kernels are held in at run time: 'in_out' for float32, 'out_in' (the checkpoint's)
+    for 16-bit and int8 ones."""
     return "in_out" if jnp.dtype(param_dtype) == jnp.float32 else "out_in"
 
 
 def _float_dtype(param_dtype) -> jnp.dtype:
     """The dtype of the non-matmul weights (embeddings, norms, biases): float32 in an int8 model."""
     return jnp.dtype(jnp.float32) if jnp.dtype(param_dtype) == jnp.int8 else jnp.dtype(param_dtype)
-
-
-def quantize_int8(w_OI: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Symmetric per-output-channel int8: w ~ q * scale[:, None] with q in [-127, 127].
-
-    Args:
-      w_OI: a float kernel [out, in].
-
-    Returns:
-      (q int8 [out, in], scale float32 [out]).
-    """
-    w_OI = jnp.asarray(w_OI, jnp.float32)
-    scale_O = jnp.maximum(jnp.abs(w_OI).max(axis=1), 1e-30) / 127.0
-    q = jnp.clip(jnp.round(w_OI / scale_O[:, None]), -127, 127).astype(jnp.int8)
-    return q, scale_O
-
-
-def _int8_rows(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Dynamic symmetric int8 of activations, one scale per row (per token)."""
-    scale = jnp.maximum(jnp.abs(x).max(axis=-1, keepdims=True), 1e-30) / 127.0
-    return jnp.clip(jnp.round(x / scale), -127, 127).astype(jnp.int8), scale
 
 
 def sin_embedding(positions_S: jax.Array, dim: int, max_period: float) -> jax.Array:
@@ -119,11 +108,10 @@ def sin_embedding(positions_S: jax.Array, dim: int, max_period: float) -> jax.Ar
 
 
 class Linear(nnx.Module):
-    """y = x W (+ b), with W stored in the layout that streams fastest for its dtype (see module doc).
+    """y = x W (+ b), with W held in the layout that streams fastest for its dtype (module doc).
 
-    An int8 `param_dtype` (opt-in, `LMModel.astype(jnp.int8)`) stores W as int8 [out, in] with a
-    float32 scale per output channel (`kernel_scale`); the input is quantized per row on the fly and
-    the product runs int8 x int8 -> int32 (W8A8: XLA:CPU has no fast int8-weight x float dot).
+    An int8 `param_dtype` (opt-in, `LMModel.astype(jnp.int8)`) holds W as int8 [out, in] with a
+    float32 scale per output channel (`kernel_scale`); see `int8.py`.
     """
 
     def __init__(
@@ -146,7 +134,7 @@ class Linear(nnx.Module):
         if jnp.dtype(param_dtype) == jnp.int8:
             if self.layout != "out_in":
                 raise ValueError("int8 kernels are stored [out, in]")
-            w, scale = quantize_int8(w)
+            w, scale = int8.quantize_kernel(w)
         self.kernel = nnx.Param(w.astype(param_dtype))
         self.kernel_scale = nnx.Param(scale) if scale is not None else None
         bias_dtype = _float_dtype(param_dtype)
@@ -156,11 +144,7 @@ class Linear(nnx.Module):
         w = self.kernel[...]
         contract_w = 0 if self.layout == "in_out" else 1
         if self.kernel_scale is not None:
-            x8, x_scale = _int8_rows(x)
-            y = jax.lax.dot_general(
-                x8, w, (((x.ndim - 1,), (1,)), ((), ())), preferred_element_type=jnp.int32
-            )
-            y = y.astype(jnp.float32) * x_scale * self.kernel_scale[...]
+            y = int8.matmul(x, w, self.kernel_scale[...])
             return y if self.bias is None else y + self.bias[...]
         # 16-bit weights: feed the dot 16-bit inputs and accumulate in float32. A 16x16->16 dot, or
         # an upcast of the weights inside jit, is several times slower on XLA:CPU.
@@ -419,32 +403,55 @@ class LMModel(nnx.Module):
     def from_pretrained(cls, directory: str | os.PathLike, dtype=None) -> LMModel:
         """Loads DIR/config.json['lm'] + DIR/lm.safetensors.
 
+        Each kernel is read from the file's `[in, out]` and laid out for the dtype as it is read
+        (`kernel_layout`), so no second copy of the model is ever made for float dtypes.
+
         Args:
           directory: a converted directory (`convert_weights.py --lm ... --out DIR`).
-          dtype: None keeps the file's weight dtype (a bf16 file stays bf16); float32 or bfloat16
-            converts after loading (kernels change layout with the dtype, see `kernel_layout`);
-            int8 quantizes the matmul kernels after loading (load a bf16 file: less memory).
+          dtype: None keeps the file's weight dtype (a bf16 file stays bf16); float32, bfloat16 or
+            float16 casts each tensor as it is read; int8 quantizes the kernels after loading (load
+            a bf16 file: less memory).
         """
         cfg = LMConfig.from_dict(checkpoint.read_config(directory, "lm"))
         path = os.path.join(directory, checkpoint.WEIGHT_FILES["lm"])
-        file_dtype = _file_float_dtype(path)
+        file_dtype = _stored_dtype(path)
+        target = file_dtype if dtype is None else _check_dtype(dtype)
+        read_dtype = file_dtype if target == jnp.int8 else target
+        layout = kernel_layout(target)
         lm = checkpoint.load_module(
-            lambda: cls(cfg, rngs=nnx.Rngs(0), param_dtype=file_dtype), path
+            lambda: cls(cfg, rngs=nnx.Rngs(0), param_dtype=read_dtype, layout=layout),
+            path,
+            dtype=read_dtype,
+            transposed=lambda key: layout != DISK_LAYOUT and key.endswith(".kernel"),
         )
-        if dtype is not None and jnp.dtype(dtype) != file_dtype:
-            lm = lm.astype(dtype)
-            _return_freed_memory()
+        if target == jnp.int8:
+            lm = lm.astype(jnp.int8)
+            checkpoint.return_freed_memory()  # the float model just dropped
         return lm
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Writes DIR/lm.safetensors (kernels `[in, out]`, as the converter writes them) and
+        DIR/config.json['lm']. An int8 model cannot be saved: save the float weights."""
+        if self.dtype == jnp.int8:
+            raise ValueError("an int8 LM is quantized when loading; save the float model instead")
+        os.makedirs(directory, exist_ok=True)
+        checkpoint.save_module(
+            self,
+            os.path.join(directory, checkpoint.WEIGHT_FILES["lm"]),
+            metadata={LAYOUT_KEY: DISK_LAYOUT, "dtype": jnp.dtype(self.dtype).name},
+            transposed=lambda key: (
+                self.linears[0].layout != DISK_LAYOUT and key.endswith(".kernel")
+            ),
+        )
+        checkpoint.update_config(directory, "lm", self.config.to_dict())
 
     def astype(self, dtype) -> LMModel:
         """A copy with every weight in `dtype`, kernels re-laid out for it.
 
-        int8 is one way: it quantizes the kernels of a float model (`quantize_int8`); embeddings,
-        norms and biases stay float32.
+        int8 is one way: it quantizes the kernels of a float model (`int8.quantize_kernel`);
+        embeddings, norms and biases stay float32.
         """
-        dtype = jnp.dtype(dtype)
-        if dtype not in (jnp.float32, jnp.bfloat16, jnp.float16, jnp.int8):
-            raise ValueError(f"LM weights can be float32, bfloat16, float16 or int8, not {dtype}")
+        dtype = _check_dtype(dtype)
         if self.dtype == jnp.int8:
             raise ValueError("an int8 model cannot be converted back; load the float weights again")
         new = nnx.eval_shape(lambda: LMModel(self.config, rngs=nnx.Rngs(0), param_dtype=dtype))
@@ -461,7 +468,7 @@ class LMModel(nnx.Module):
             if path[-1] == "kernel" and old_layout[path[:-1]] != new_layout[path[:-1]]:
                 value = value.T
             if path[-1] == "kernel" and dtype == jnp.int8:
-                value, scales[path[:-1] + ("kernel_scale",)] = quantize_int8(value)
+                value, scales[path[:-1] + ("kernel_scale",)] = int8.quantize_kernel(value)
             var.set_value(jnp.asarray(value, var.get_value().dtype))
         for path, var in flat:
             if path[-1] == "kernel_scale":
@@ -473,39 +480,26 @@ class LMModel(nnx.Module):
         return self.linears[0].kernel[...].dtype
 
 
-def _return_freed_memory() -> None:
-    """Hands freed heap pages back to the OS after a whole model was replaced (glibc only).
-
-    glibc serves blocks under 32 MB from its heap and keeps them when freed, so after `astype` the
-    process would stay at the size of both models (int8 from a bf16 file: 5.8 GiB instead of 2.1 GiB;
-    docs/performance.md).
-    """
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+def _check_dtype(dtype) -> jnp.dtype:
+    dtype = jnp.dtype(dtype)
+    if dtype not in (jnp.float32, jnp.bfloat16, jnp.float16, jnp.int8):
+        raise ValueError(f"LM weights can be float32, bfloat16, float16 or int8, not {dtype}")
+    return dtype
 
 
-def _file_float_dtype(path: str) -> np.dtype:
-    """The dtype of the floating-point tensors in a safetensors file (read from its header)."""
-    import json
-    import struct
-
-    if not os.path.isfile(path):
-        raise checkpoint.CheckpointError(f"{path}: no such weights file")
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-    names = {"F32": jnp.float32, "BF16": jnp.bfloat16, "F16": jnp.float16}
-    found = {v["dtype"] for k, v in header.items() if k != "__metadata__"}
-    floats = sorted(found & set(names))
-    if len(floats) != 1:
+def _stored_dtype(path: str) -> jnp.dtype:
+    """The dtype of an lm.safetensors' floating-point tensors; refuses the version-1 layout."""
+    f = checkpoint.open_weights(path)
+    if f.metadata.get(LAYOUT_KEY) != DISK_LAYOUT:
         raise checkpoint.CheckpointError(
-            f"{path}: expected one floating dtype, found {sorted(found)}"
+            f"{path} was written by an older audiogen-jax, whose 16-bit kernels were laid out "
+            "[out, in]; convert the LM again: `audiogen-jax convert --lm state_dict.bin --out "
+            f"{os.path.dirname(path) or '.'}`"
         )
-    return jnp.dtype(names[floats[0]])
+    floats = sorted({t.dtype.name for t in f.values() if jnp.issubdtype(t.dtype, jnp.floating)})
+    if len(floats) != 1:
+        raise checkpoint.CheckpointError(f"{path}: expected one floating dtype, found {floats}")
+    return jnp.dtype(floats[0])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ and corrupt checkpoints), settings validation, output shapes, seeds, continuatio
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from audiogen_jax import audiogen as api
+from audiogen_jax import checkpoint, lm_params
 from audiogen_jax.audiogen import AudioGen
 from audiogen_jax.checkpoint import CheckpointError
 
@@ -205,15 +207,13 @@ def release_files(reference, tmp_path_factory):
 def test_hub_download_converts_once_then_uses_the_cache(release_files, tmp_path, monkeypatch):
     import huggingface_hub
 
-    from audiogen_jax import convert
-
     files, t5_name = release_files
     hub = FakeHub({api.DEFAULT_MODEL: os.path.dirname(files["lm"]), t5_name: files["t5"]})
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub)
     conversions = []
-    real = convert.convert_lm
+    real = lm_params.convert_lm
     monkeypatch.setattr(
-        convert, "convert_lm", lambda *a, **k: (conversions.append(a), real(*a, **k))[1]
+        lm_params, "convert_lm", lambda *a, **k: (conversions.append(a), real(*a, **k))[1]
     )
     monkeypatch.setenv("AUDIOGEN_JAX_CACHE", str(tmp_path / "cache"))
 
@@ -231,6 +231,13 @@ def test_hub_download_converts_once_then_uses_the_cache(release_files, tmp_path,
     first.set_generation_params(duration=0.2, use_sampling=False)
     second.set_generation_params(duration=0.2, use_sampling=False)
     np.testing.assert_array_equal(first.generate(["a"], seed=0), second.generate(["a"], seed=0))
+
+    # An entry written by an older converted format is converted again, by itself.
+    cfg = checkpoint.read_config(cached)
+    checkpoint_json = cached / checkpoint.CONFIG_FILE
+    checkpoint_json.write_text(json.dumps({**cfg, "version": checkpoint.VERSION - 1}))
+    AudioGen.from_pretrained(api.DEFAULT_MODEL)
+    assert len(conversions) == 2 and checkpoint.read_config(cached)["version"] == checkpoint.VERSION
 
 
 def test_hub_offline_and_corrupt(release_files, tmp_path, monkeypatch):

@@ -1,5 +1,4 @@
-"""EnCodec: parity with audiocraft's EncodecModel, the converter, shapes, and clear errors on bad
-input.
+"""EnCodec: parity with audiocraft's EncodecModel, the converter, shapes, clear errors on bad input.
 
 Every parity case builds the reference with random weights (weight norm on, random biases, codebooks
 seeded from the encoder's own residuals; see tests/encodec_reference.py), writes it in the real
@@ -28,8 +27,9 @@ from refutil import save_audiocraft_package
 from audiogen_jax import checkpoint, encodec
 from audiogen_jax.cli import convert_main
 from audiogen_jax.config import EncodecConfig
-from audiogen_jax.convert import ConversionError, convert_compression
 from audiogen_jax.encodec import EncodecModel
+from audiogen_jax.encodec_params import convert_compression
+from audiogen_jax.io.errors import ConversionError
 
 # Measured max abs errors (docs/parity.md, "EnCodec"): latents 2.6e-6 (peak |latent| 1.8), decoded
 # audio 2.4e-7 (peak |audio| ~0.3). Tolerances ~4-8x that.

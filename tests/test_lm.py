@@ -20,9 +20,11 @@ import pytest
 from flax import nnx
 from refutil import reference_lm
 
-from audiogen_jax import checkpoint, convert
+from audiogen_jax import checkpoint, lm_params
 from audiogen_jax import lm as lm_lib
 from audiogen_jax.config import LMConfig
+from audiogen_jax.io.audiocraft import YamlConfig
+from audiogen_jax.io.errors import ConversionError
 
 # Measured (docs/parity.md): fp32 tiny <= 5.0e-7, medium widths <= 1.03e-6; bf16 weights vs fp32
 # reference <= 4.7e-3.
@@ -161,8 +163,7 @@ def test_bf16_round_trip_and_layout(tiny, tmp_path):
     err = rel_err(lm_lib.forward(bf, seq, cond), ref)
     print(f"tiny: bf16 copy vs fp32 model rel err {err:.2e}")
     assert err < TOL_BF16
-    checkpoint.save_module(bf, tmp_path / "lm.safetensors")
-    checkpoint.update_config(tmp_path, "lm", cfg.to_dict())
+    bf.save_pretrained(tmp_path)
     loaded = lm_lib.LMModel.from_pretrained(tmp_path)  # keeps the file's dtype
     assert loaded.dtype == jnp.bfloat16
     np.testing.assert_array_equal(lm_lib.forward(loaded, seq, cond), lm_lib.forward(bf, seq, cond))
@@ -178,6 +179,34 @@ def test_bf16_round_trip_and_layout(tiny, tmp_path):
     up = lm_lib.LMModel.from_pretrained(tmp_path, dtype=jnp.float32)
     assert up.dtype == jnp.float32 and up.linears[0].layout == "in_out"
     assert rel_err(lm_lib.forward(up, seq, cond), ref) < TOL_BF16
+
+
+def test_one_kernel_layout_on_disk(tiny, tmp_path):
+    """Kernels are stored [in, out] whatever the dtype; a file without that marker (written before
+    the layout was fixed, 16-bit kernels [out, in]) is refused with the command that re-converts."""
+    from audiogen_jax.io.safetensors import SafetensorsFile
+
+    bf = tiny.astype(jnp.bfloat16)
+    bf.save_pretrained(tmp_path / "bf16")
+    tiny.save_pretrained(tmp_path / "f32")
+    files = {d: SafetensorsFile(tmp_path / d / "lm.safetensors") for d in ("bf16", "f32")}
+    key = "transformer.layers.0.linear1.kernel"  # [D, F] in either file
+    assert (
+        files["bf16"][key].shape
+        == files["f32"][key].shape
+        == (tiny.config.dim, tiny.config.ffn_dim)
+    )
+    assert all(f.metadata[lm_lib.LAYOUT_KEY] == "in_out" for f in files.values())
+    np.testing.assert_array_equal(
+        files["bf16"].read(key).astype(np.float32),
+        np.asarray(tiny.transformer.layers[0].linear1.kernel[...].astype(jnp.bfloat16), np.float32),
+    )
+    old = tmp_path / "old"
+    checkpoint.save_module(bf, tmp_path / "lm.safetensors")  # runtime layout, no marker
+    checkpoint.update_config(old, "lm", tiny.config.to_dict())
+    os.replace(tmp_path / "lm.safetensors", old / "lm.safetensors")
+    with pytest.raises(checkpoint.CheckpointError, match="older audiogen-jax.*convert --lm"):
+        lm_lib.LMModel.from_pretrained(old)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -286,8 +315,8 @@ def build_reference(cfg: LMConfig, seed: int):
             p.copy_(p.half().float())
     state = dict(ref.state_dict())
     proj = torch.nn.Linear(cfg.condition_dim, cfg.dim)
-    state[convert.LM_OUTPUT_PROJ + ".weight"] = proj.weight.detach()
-    state[convert.LM_OUTPUT_PROJ + ".bias"] = proj.bias.detach()
+    state[lm_params.LM_OUTPUT_PROJ + ".weight"] = proj.weight.detach()
+    state[lm_params.LM_OUTPUT_PROJ + ".bias"] = proj.bias.detach()
     return ref, state
 
 
@@ -336,7 +365,7 @@ def make_case(name: str, tmp_path_factory) -> dict:
     d = tmp_path_factory.mktemp(f"lm_{name}")
     src = d / "state_dict.bin"
     save_audiocraft_package(src, state, xp_cfg_yaml(cfg, t5_name), half=True)
-    convert.convert_lm(src, d / "out")
+    lm_params.convert_lm(src, d / "out")
     rng = np.random.default_rng(0)
     B, L = 2, 7
     seq = delayed(rng.integers(0, cfg.card, (B, cfg.n_q, T)), cfg.delays, cfg.card)
@@ -382,8 +411,8 @@ def test_converted_config_and_conditioner(converted):
     from safetensors.numpy import load_file
 
     proj = load_file(str(out / "conditioner.safetensors"))
-    w = converted["state"][convert.LM_OUTPUT_PROJ + ".weight"].to(torch.float16).float().numpy()
-    b = converted["state"][convert.LM_OUTPUT_PROJ + ".bias"].to(torch.float16).float().numpy()
+    w = converted["state"][lm_params.LM_OUTPUT_PROJ + ".weight"].to(torch.float16).float().numpy()
+    b = converted["state"][lm_params.LM_OUTPUT_PROJ + ".bias"].to(torch.float16).float().numpy()
     np.testing.assert_array_equal(proj["kernel"], w.T)
     np.testing.assert_array_equal(proj["bias"], b)
 
@@ -415,7 +444,7 @@ def test_streaming_parity(converted):
 
 @pytest.mark.parity
 def test_bf16_conversion(converted, tmp_path):
-    convert.convert_lm(converted["src"], tmp_path, dtype="bfloat16")
+    lm_params.convert_lm(converted["src"], tmp_path, dtype="bfloat16")
     model = lm_lib.LMModel.from_pretrained(tmp_path)
     assert model.dtype == jnp.bfloat16
     seq, cond = converted["seq"], converted["cond"]
@@ -451,7 +480,7 @@ def test_biases_parity(reference, tmp_path):
     save_audiocraft_package(
         tmp_path / "sd.bin", state, xp_cfg_yaml(cfg, "t5-small-test"), half=True
     )
-    convert.convert_lm(tmp_path / "sd.bin", tmp_path / "out")
+    lm_params.convert_lm(tmp_path / "sd.bin", tmp_path / "out")
     model = lm_lib.LMModel.from_pretrained(tmp_path / "out")
     rng = np.random.default_rng(3)
     seq = delayed(rng.integers(0, cfg.card, (2, cfg.n_q, 20)), cfg.delays, cfg.card)
@@ -491,8 +520,8 @@ def test_conversion_errors(tiny_case, tmp_path):
         add={"transformer.layers.0.extra.weight": torch.zeros(3)},
         reshape={"linears.2.weight": (5, 7), "emb.0.weight": (3, 3)},
     )
-    with pytest.raises(convert.ConversionError) as e:
-        convert.convert_lm(bad, tmp_path / "out")
+    with pytest.raises(ConversionError) as e:
+        lm_params.convert_lm(bad, tmp_path / "out")
     msg = str(e.value)
     assert (
         "transformer.layers.0.extra.weight" in msg and "transformer.layers.1.linear2.kernel" in msg
@@ -501,13 +530,13 @@ def test_conversion_errors(tiny_case, tmp_path):
     bad = _mutated_package(
         converted, tmp_path, reshape={"linears.2.weight": (5, 7), "emb.0.weight": (3, 3)}
     )
-    with pytest.raises(convert.ConversionError) as e:
-        convert.convert_lm(bad, tmp_path / "out")
+    with pytest.raises(ConversionError) as e:
+        lm_params.convert_lm(bad, tmp_path / "out")
     assert "linears.2.kernel" in str(e.value) and "emb.0.embedding" in str(e.value)
     assert not (tmp_path / "out" / "lm.safetensors").exists()
-    bad = _mutated_package(converted, tmp_path, drop=[convert.LM_OUTPUT_PROJ + ".weight"])
-    with pytest.raises(convert.ConversionError, match="output_proj"):
-        convert.convert_lm(bad, tmp_path / "out")
+    bad = _mutated_package(converted, tmp_path, drop=[lm_params.LM_OUTPUT_PROJ + ".weight"])
+    with pytest.raises(ConversionError, match="output_proj"):
+        lm_params.convert_lm(bad, tmp_path / "out")
 
 
 @pytest.mark.parity
@@ -523,9 +552,9 @@ def test_unsupported_settings_refused(tiny_case, tmp_path):
     )
     tree["transformer_lm"]["norm_first"] = False
     tree["codebooks_pattern"]["modeling"] = "unroll"
-    xp = convert.YamlConfig(tree)
+    xp = YamlConfig(tree)
     with pytest.raises(ValueError) as e:
-        convert.lm_config_from_audiocraft(xp, None)
+        lm_params.lm_config_from_audiocraft(xp, None)
     for word in (
         "positional_embedding",
         "qk_layer_norm",
@@ -540,8 +569,8 @@ def test_unsupported_settings_refused(tiny_case, tmp_path):
 
     src = tmp_path / "rope.bin"
     save_audiocraft_package(src, converted["state"], yaml.safe_dump(tree), half=True)
-    with pytest.raises(convert.ConversionError, match="positional_embedding"):
-        convert.convert_lm(src, tmp_path / "out")
+    with pytest.raises(ConversionError, match="positional_embedding"):
+        lm_params.convert_lm(src, tmp_path / "out")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -580,7 +609,7 @@ def test_full_size_checkpoint(reference, tmp_path_factory):
     del ref
     gc.collect()
 
-    convert.convert_lm(src, d / "out")
+    lm_params.convert_lm(src, d / "out")
     os.remove(src)
     model = lm_lib.LMModel.from_pretrained(d / "out")
     err_tf = rel_err(lm_lib.forward(model, seq, cond), want_tf)

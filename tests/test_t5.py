@@ -27,7 +27,8 @@ from flax import nnx
 from audiogen_jax import checkpoint, t5
 from audiogen_jax.cli import convert_main
 from audiogen_jax.config import T5Config
-from audiogen_jax.convert import ConversionError, convert_t5
+from audiogen_jax.io.errors import ConversionError
+from audiogen_jax.t5_params import convert_t5
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Measured (docs/parity.md): hidden state <= 3.5e-6, projected condition <= 3.5e-6 over all cases.

@@ -1,0 +1,222 @@
+"""safetensors files: one reader, one streaming writer, one dtype table.
+
+The format (huggingface/safetensors): an 8-byte little-endian header length N, N bytes of JSON
+`{name: {"dtype": "F32", "shape": [...], "data_offsets": [begin, end]}, "__metadata__": {...}}`,
+then the data section, which the offsets index from its start.
+
+Why not the `safetensors` package: its numpy API knows no bfloat16, reads whole files at once, and
+memory-maps them (the mapped pages count in the process's memory until the file is closed, which
+made loading peak at twice the model's size). Here a tensor is read with plain reads when asked
+for, and written as soon as a conversion has produced it, so peak memory stays near one tensor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import struct
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+from audiogen_jax.io.errors import FormatError, short_list
+
+# safetensors dtype code -> numpy dtype (bfloat16 from ml_dtypes, a jax dependency). Little-endian,
+# as the format is.
+DTYPES: dict[str, np.dtype] = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"),
+    "BOOL": np.dtype("bool"),
+}
+_CODES = {dtype.name: code for code, dtype in DTYPES.items()}
+METADATA = "__metadata__"
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading.
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredTensor:
+    """One tensor of a safetensors file: its header entry; `.numpy()` reads exactly its bytes."""
+
+    file: SafetensorsFile
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    start: int  # absolute offset in the file
+    nbytes: int
+
+    def numpy(self) -> np.ndarray:
+        return self.file.read(self.name)
+
+
+class SafetensorsFile(Mapping):
+    """A safetensors file opened for lazy reading: {name: StoredTensor}, and its `metadata`.
+
+    The header is read when the file is opened; tensor data only when a tensor is read.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        if not os.path.isfile(self.path):
+            raise FormatError(f"{self.path}: no such file")
+        with open(self.path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise FormatError(f"{self.path}: not a safetensors file (shorter than 8 bytes)")
+            (n,) = struct.unpack("<Q", head)
+            raw = f.read(n)
+        try:
+            header = json.loads(raw)
+        except (UnicodeDecodeError, ValueError) as e:
+            raise FormatError(f"{self.path}: not a safetensors file (bad header: {e})") from e
+        if not isinstance(header, dict):
+            raise FormatError(f"{self.path}: not a safetensors file (header is not a JSON object)")
+        self.metadata: dict[str, str] = header.pop(METADATA, None) or {}
+        data_start = 8 + n
+        self._tensors: dict[str, StoredTensor] = {}
+        for name, info in header.items():
+            dtype = DTYPES.get(info.get("dtype"))
+            if dtype is None:
+                raise FormatError(f"{self.path}: {name}: unknown dtype {info.get('dtype')!r}")
+            begin, end = info["data_offsets"]
+            self._tensors[name] = StoredTensor(
+                self, name, dtype, tuple(info["shape"]), data_start + begin, end - begin
+            )
+
+    def __getitem__(self, name: str) -> StoredTensor:
+        return self._tensors[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    def read(self, name: str) -> np.ndarray:
+        """The tensor `name` as a numpy array (plain reads, no memory map)."""
+        t = self._tensors[name]
+        buf = np.empty(t.nbytes, np.uint8)
+        view, done = memoryview(buf), 0
+        with open(self.path, "rb") as f:
+            f.seek(t.start)
+            while done < t.nbytes:
+                got = f.readinto(view[done:])
+                if not got:
+                    raise FormatError(
+                        f"{self.path}: {name}: the file ends {t.nbytes - done} bytes early"
+                    )
+                done += got
+        return buf.view(t.dtype).reshape(t.shape)
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing: the header is known from the shapes up front, tensors are written as they come, so peak
+# memory is one tensor, not the whole model.
+
+
+class SafetensorsWriter:
+    """Writes a safetensors file tensor by tensor, in any order, given every name/shape/dtype up
+    front. The file appears under its name only once every tensor was written."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        specs: Mapping[str, tuple[tuple[int, ...], np.dtype]],
+        metadata: Mapping[str, str] | None = None,
+    ):
+        self.path = os.fspath(path)
+        header: dict[str, Any] = {}
+        self._slots: dict[str, tuple[int, tuple[int, ...], np.dtype]] = {}
+        pos = 0
+        for name in sorted(specs):
+            shape, dtype = specs[name]
+            shape, dtype = tuple(int(d) for d in shape), np.dtype(dtype)
+            n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            header[name] = {
+                "dtype": _CODES[dtype.name],
+                "shape": list(shape),
+                "data_offsets": [pos, pos + n],
+            }
+            self._slots[name] = (pos, shape, dtype)
+            pos += n
+        if metadata:
+            header[METADATA] = dict(metadata)
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * (-len(blob) % 8)  # the data section starts 8-aligned, as the format advises
+        self._data_start = 8 + len(blob)
+        self._tmp = self.path + ".partial"
+        self._f = open(self._tmp, "wb")
+        self._f.write(struct.pack("<Q", len(blob)))
+        self._f.write(blob)
+        self._f.truncate(self._data_start + pos)
+        self._written: set[str] = set()
+
+    def write(self, name: str, arr: np.ndarray) -> None:
+        start, shape, dtype = self._slots[name]
+        arr = np.ascontiguousarray(arr, dtype=dtype)
+        if tuple(arr.shape) != shape:
+            raise FormatError(f"{self.path}: {name} has shape {arr.shape}, the header says {shape}")
+        self._f.seek(self._data_start + start)
+        self._f.write(arr.tobytes())
+        self._written.add(name)
+
+    def close(self) -> None:
+        """Renames the file into place if every tensor was written (never a half-written file)."""
+        self._f.close()
+        missing = set(self._slots) - self._written
+        if missing:
+            os.remove(self._tmp)
+            raise FormatError(f"{self.path}: tensors never written: {short_list(sorted(missing))}")
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        self._f.close()
+        if os.path.exists(self._tmp):
+            os.remove(self._tmp)
+
+
+def write_file(
+    path: str | os.PathLike,
+    tensors: Iterable[tuple[str, np.ndarray]],
+    specs: Mapping[str, tuple[tuple[int, ...], np.dtype]],
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    """Streams (name, array) pairs into a safetensors file; removes the partial file on error.
+
+    Args:
+      path: the file to write.
+      tensors: every name of `specs` once, in any order (e.g. a conversion's output).
+      specs: {name: (shape, dtype)} of the file's tensors.
+      metadata: string key/values stored in the header.
+    """
+    writer = SafetensorsWriter(path, specs, metadata)
+    try:
+        for name, arr in tensors:
+            writer.write(name, arr)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+
+
+def save_file(
+    path: str | os.PathLike,
+    tensors: Mapping[str, np.ndarray],
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    """Writes arrays already in memory (tests, the tiny random model)."""
+    arrays = {k: np.asarray(v) for k, v in tensors.items()}
+    specs = {k: (v.shape, v.dtype) for k, v in arrays.items()}
+    write_file(path, arrays.items(), specs, metadata)
