@@ -17,6 +17,8 @@ What a cell must show is declared by its code, and checked mechanically:
     that outputs an image must call `plt.show()`;
   - a cell that calls `Audio(` plays: it must output at least one audio player per call, and a cell
     that outputs a player must call `Audio(`.
+An exercise's answer sits in a folded `<details>` block of a markdown cell; its ```python blocks
+are run after the notebook's last cell by the test (`execute(..., with_answers=True)`).
 Figures appear as outputs only with an inline backend: the kernel is started with `MPLBACKEND`
 unset, so ipykernel selects matplotlib-inline (a notebook must not force a backend itself).
 """
@@ -40,6 +42,8 @@ MAX_RENDERED_BYTES = 1_500_000
 
 _DRAW = re.compile(r"\bplt\.show\(\)")
 _PLAY = re.compile(r"\bAudio\(")
+_DETAILS = re.compile(r"<details>(.*?)</details>", re.S)
+_PYTHON_BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the kernel colours its tracebacks
 _IMAGE_TYPES = ("image/png", "image/svg+xml", "image/jpeg")
 
@@ -95,8 +99,24 @@ def display_problems(nb) -> list[str]:
     return problems
 
 
-def execute(path: pathlib.Path):
+def answer_snippets(nb) -> list[str]:
+    """The ```python blocks inside folded answers (`<details>`) of the markdown cells."""
+    return [
+        block
+        for cell in nb.cells
+        if cell.cell_type == "markdown"
+        for details in _DETAILS.findall(cell.source)
+        for block in _PYTHON_BLOCK.findall(details)
+    ]
+
+
+def execute(path: pathlib.Path, with_answers: bool = False):
     """Runs a notebook top to bottom in notebooks/ and returns it with its outputs.
+
+    Args:
+      path: the notebook.
+      with_answers: append the exercises' answer snippets as code cells, so they run (in the
+        notebook's own state, after its last cell) and cannot rot.
 
     Raises:
       NotebookError: a cell failed (with its source and traceback) or timed out.
@@ -106,6 +126,8 @@ def execute(path: pathlib.Path):
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     nb = nbformat.read(path, as_version=4)
+    if with_answers:
+        nb.cells += [nbformat.v4.new_code_cell(code) for code in answer_snippets(nb)]
     client = nbclient.NotebookClient(
         nb,
         timeout=TIMEOUT_S,

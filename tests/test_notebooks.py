@@ -5,8 +5,9 @@ Each notebook is executed with nbclient on the 'python3' kernel, in notebooks/ a
 directory, with `MPLBACKEND` unset so that ipykernel's inline backend turns figures into outputs.
 A failing cell fails its test with that cell's source and traceback. Then every cell that calls
 `plt.show()` must have output an image, and every cell that calls `Audio(` an audio player (the
-rules are in `scripts/course.py`). Notebooks are discovered at collection time: a missing notebook
-is simply not collected (never skipped).
+rules are in `scripts/course.py`). The exercises' answer snippets (```python blocks in folded
+`<details>`) run after the last cell, so an answer that no longer runs fails the test. Notebooks
+are discovered at collection time: a missing notebook is simply not collected (never skipped).
 """
 
 from __future__ import annotations
@@ -53,6 +54,18 @@ def test_display_rules_catch_missing_outputs() -> None:
     assert problems == expected
 
 
+def test_answer_snippets_found() -> None:
+    import nbformat
+
+    v4 = nbformat.v4
+    cell = v4.new_markdown_cell(
+        "**1.** Q?\n\n```python\nshown = 0\n```\n<details><summary>Answer</summary>\n\n"
+        "```python\nx = 1\n```\ntext\n```python\ny = 2\n```\n</details>"
+    )
+    nb = v4.new_notebook(cells=[cell, v4.new_code_cell("```python\nz = 3\n```")])
+    assert course.answer_snippets(nb) == ["x = 1\n", "y = 2\n"]
+
+
 # Defined only when there is something to run: an empty parametrization would be reported as a skip.
 if NOTEBOOKS:
 
@@ -62,7 +75,7 @@ if NOTEBOOKS:
         # A CI machine may set MPLBACKEND=Agg; the kernel must not inherit it.
         monkeypatch.delenv("MPLBACKEND", raising=False)
         try:
-            nb = course.execute(path)
+            nb = course.execute(path, with_answers=True)
         except course.NotebookError as e:
             pytest.fail(str(e), pytrace=False)
         problems = course.display_problems(nb)
