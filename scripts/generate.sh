@@ -10,8 +10,8 @@
 # chirp". Settings: MODEL (default tiny-random), OUT_DIR (default out/, relative to where you run
 # this), PYTHON (the interpreter for the new environment, default python3).
 #
-# The environment: scripts/test.sh's .venv/ when it exists (it already holds the package), else
-# .venv-run/ with the runtime only. Installing happens once per pyproject.toml version (a stamp file
+# The environment: .venv-run/ with the runtime only, or scripts/test.sh's .venv/ when that exists
+# and .venv-run/ does not (it already holds the package). Installing happens once per pyproject.toml version (a stamp file
 # records it); later runs start generating at once. Independent of scripts/test.sh, in either order.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,7 +19,9 @@ MODEL=${MODEL:-tiny-random}
 OUT_DIR=${OUT_DIR:-out}
 PY=${PYTHON:-python3}
 
-if [ -x "$REPO/.venv/bin/python" ]; then VENV="$REPO/.venv"; else VENV="$REPO/.venv-run"; fi
+# Keep using .venv-run/ once it exists; else reuse test.sh's .venv/ rather than install twice.
+VENV="$REPO/.venv-run"
+if [ ! -x "$VENV/bin/python" ] && [ -x "$REPO/.venv/bin/python" ]; then VENV="$REPO/.venv"; fi
 if [ ! -x "$VENV/bin/python" ]; then
   echo "creating ${VENV#"$REPO"/}/ ..." >&2
   "$PY" -m venv "$VENV"
