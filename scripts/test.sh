@@ -10,7 +10,7 @@ PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-wa
 "${PIP[@]}" -U pip
 "${PIP[@]}" torch==2.13.0 -c scripts/constraints.txt -e '.[test]'
 # The reference: audiocraft pins torch 2.1, so it goes in without its dependencies, followed by exactly
-# the packages its modules import (see docs/reference.md for why each is there).
+# the packages its modules import (its own requirements would pull an older torch and xformers).
 "${PIP[@]}" --no-deps audiocraft==1.3.0
 "${PIP[@]}" torch==2.13.0 -c scripts/constraints.txt \
   av julius torchaudio omegaconf einops xformers num2words spacy librosa flashy torchmetrics \
