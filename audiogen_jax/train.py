@@ -204,7 +204,7 @@ def clip_by_global_norm_torch(max_norm: float) -> optax.GradientTransformation:
 
     def clip(updates, params=None):
         del params
-        coef = jnp.minimum(1.0, max_norm / (optax.global_norm(updates) + 1e-6))
+        coef = jnp.minimum(1.0, max_norm / (optax.tree.norm(updates) + 1e-6))
         return jax.tree.map(lambda g: g * coef.astype(g.dtype), updates)
 
     return optax.stateless(clip)
@@ -360,7 +360,7 @@ def _train_step(state: TrainState, frozen, batch: Batch, parts: Parts, cfg: Trai
     key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
     drop = jax.random.uniform(key) < cfg.cfg_dropout
     ce, ce_K, grads = loss_and_grads(state.params, frozen, parts, batch, drop, cfg)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     tx = make_optimizer(cfg)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
