@@ -300,6 +300,11 @@ def run(args, on_step=None) -> int:
 
     `on_step(step)` is called after each update (tests use it to interrupt a run).
     """
+    for module in ("optax", "orbax.checkpoint", "tensorboardX"):
+        try:
+            __import__(module)
+        except ImportError as e:
+            raise TrainError(f"training needs {module}: pip install 'audiogen-jax[train]'") from e
     import jax
     import jax.numpy as jnp
     import numpy as np
