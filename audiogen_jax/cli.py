@@ -249,8 +249,12 @@ def main(argv: list[str] | None = None) -> int:
         return convert_main(argv[1:])
     if argv and argv[0] == "generate":
         return generate_main(argv[1:])
+    if argv and argv[0] == "train":
+        from audiogen_jax import trainer
+
+        return trainer.main(argv[1:])
     print(
-        "usage: audiogen-jax {generate,convert} ...  (see audiogen-jax generate --help)",
+        "usage: audiogen-jax {generate,convert,train} ...  (see audiogen-jax generate --help)",
         file=sys.stderr,
     )
     return 2

@@ -537,12 +537,20 @@ def _heads(lm: LMModel, x_BSD: jax.Array) -> jax.Array:
     return jnp.stack([head(out_BSD) for head in lm.linears], axis=1)
 
 
-@jax.jit
-def _forward(lm: LMModel, seq_BKS: jax.Array, condition_BLD: jax.Array) -> jax.Array:
+def _teacher_forced_layer(layer: TransformerLayer, x_BSD, condition_BLD) -> jax.Array:
+    return layer(x_BSD, condition_BLD)[0]
+
+
+@functools.partial(jax.jit, static_argnames="remat")
+def _forward(
+    lm: LMModel, seq_BKS: jax.Array, condition_BLD: jax.Array, remat: bool = False
+) -> jax.Array:
     x_BSD = _embed(lm, seq_BKS, jnp.zeros((), jnp.int32))
     condition_BLD = condition_BLD.astype(jnp.float32)
+    # remat (training): keep only each layer's input for the backward pass and recompute the rest.
+    run = jax.checkpoint(_teacher_forced_layer) if remat else _teacher_forced_layer
     for layer in lm.transformer.layers:
-        x_BSD, _ = layer(x_BSD, condition_BLD)
+        x_BSD = run(layer, x_BSD, condition_BLD)
     return _heads(lm, x_BSD)
 
 
@@ -606,13 +614,14 @@ def _check_condition(lm: LMModel, condition_BLD) -> None:
         )
 
 
-def forward(lm: LMModel, seq_BKS, condition_BLD) -> jax.Array:
+def forward(lm: LMModel, seq_BKS, condition_BLD, *, remat: bool = False) -> jax.Array:
     """Teacher-forced logits (reference `LMModel.forward` with precomputed condition tensors).
 
     Args:
       lm: the model.
       seq_BKS: int codes in the delayed layout, values in [0, V] (V = special token).
       condition_BLD: the projected text condition (zeros on padded and null rows).
+      remat: rematerialise each layer in the backward pass (training memory; same values).
 
     Returns:
       logits [B, K, S, V] float32; position s predicts step s + 1.
@@ -623,7 +632,7 @@ def forward(lm: LMModel, seq_BKS, condition_BLD) -> jax.Array:
         raise ValueError(
             f"batch mismatch: seq {seq_BKS.shape[0]} vs condition {condition_BLD.shape[0]}"
         )
-    return _forward(lm, seq_BKS, condition_BLD)
+    return _forward(lm, seq_BKS, condition_BLD, remat=remat)
 
 
 def init_cache(lm: LMModel, condition_BLD, max_steps: int) -> KVCache:
