@@ -327,6 +327,16 @@ class AudioGen:
         )
 
     @property
+    def duration(self) -> float:
+        """Seconds of audio each `generate*` call returns (the reference's attribute)."""
+        return self.settings.duration
+
+    @property
+    def extend_stride(self) -> float:
+        """Seconds each window moves beyond `max_duration` (the reference's attribute)."""
+        return self.settings.extend_stride
+
+    @property
     def params(self) -> sampling.SamplingParams:
         """The sampling settings in use."""
         return self.settings.sampling
@@ -341,8 +351,8 @@ class AudioGen:
             top_k=p.top_k,
             top_p=p.top_p,
             cfg_coef=p.cfg_coef,
-            duration=self.settings.duration,
-            extend_stride=self.settings.extend_stride,
+            duration=self.duration,
+            extend_stride=self.extend_stride,
         )
 
     # -- generation ------------------------------------------------------------------------------
@@ -438,7 +448,7 @@ class AudioGen:
         )
         # Checked before encoding (generate_codes checks it again in frames).
         prompt_seconds = wav.shape[-1] / self.sample_rate
-        limit = min(self.settings.duration, self.max_duration)
+        limit = min(self.duration, self.max_duration)
         if math.ceil(wav.shape[-1] / self.compression_model.hop_length) >= int(
             limit * self.frame_rate
         ):
