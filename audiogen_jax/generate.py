@@ -30,9 +30,12 @@ Static shapes, so new inputs rarely recompile:
     out a pattern of T frames, and the scan iterations past the last real step S = T + max_delay + 1
     skip the LM call (`lax.cond`), so padding costs no LM steps. A new duration recompiles only when
     it crosses a bucket.
-  - A new batch of the same size B with the same tokenized text length L reuses the program. L is
-    not bucketed: the reference's cross-attention has no key mask, so padded (zero) text rows change
-    the softmax; padding L further would change the result. A new L recompiles.
+  - The tokenized text length L (the batch's longest description, as the reference pads it) is
+    padded up to a bucket (`bucket_text`: 16, 32, 64, ... tokens), so a new prompt of the same
+    batch size B reuses the program unless its length crosses a bucket. The reference's
+    cross-attention has no key mask: it attends its own padded positions (zero condition rows),
+    which change the softmax, so those stay attended; only the positions added beyond L are masked
+    (`Window.text_len`, the LM's `context_mask_BL`). The tokens are the reference's.
   - Changing `cfg_coef` or the seed never recompiles; the other sampling settings and the progress
     flag are static.
   The prompt is written into the KV cache by one prefill forward over T0_b (bucketed) steps. Steps
@@ -58,6 +61,8 @@ Differences from the reference:
   float rounding of the cached keys/values may differ in the last bits.
 - The cross-attention keys/values of the condition are computed once (the reference recomputes them
   at every step); the self-attention cache is preallocated instead of grown by concatenation.
+- The text is padded beyond the batch's longest description to a bucketed length, and those added
+  positions are masked in cross-attention (the reference pads to the longest and masks nothing).
 - Randomness: JAX keys, `fold_in(key, window)` then `fold_in(., step)`; the torch RNG stream is not
   reproduced, so only greedy decoding is token-identical to the reference.
 - `two_step_cfg` (separate cond/null forwards) is not implemented: AudioGen uses the batched form.
@@ -81,6 +86,7 @@ from audiogen_jax import checks, patterns, sampling, t5
 from audiogen_jax import lm as lmlib
 
 UNKNOWN = -1  # a code not generated yet (the reference's `unknown_token`)
+MIN_TEXT_BUCKET = 16  # the shortest padded text length (AudioGen's descriptions are mostly shorter)
 
 Progress = bool | Callable[[int], None]
 Splits = tuple[tuple[Any, Any], tuple[Any, Any]]
@@ -174,6 +180,16 @@ def bucket_frames(n: int, bucket: int | None, cap: int | None = None) -> int:
     return max(n, min(b, cap)) if cap is not None else b
 
 
+def bucket_text(n: int) -> int:
+    """The padded text length for n tokens: the next power of two, at least `MIN_TEXT_BUCKET`.
+
+    Powers of two keep the count of programs small (16, 32, 64, ... cover every length) and at
+    most double the text's share of the work, which is small: T5 runs once per generation and a
+    step's cross-attention reads L keys against the LM's full set of weights.
+    """
+    return max(MIN_TEXT_BUCKET, 1 << max(0, n - 1).bit_length())
+
+
 # --------------------------------------------------------------------------------------------------
 # Progress: the compiled program calls one module-level function; which bar it moves is set per
 # call, so a cached program never holds on to an old bar.
@@ -221,8 +237,9 @@ def _progress_calls(on_step: Callable[[int], None]) -> Iterator[None]:
 class Window:
     """One window's inputs to the compiled program: traced, so new values never recompile."""
 
-    ids_2BL: jax.Array  # [2B, L] int32 tokens of [descriptions; nulls] (`t5.tokenize`)
-    mask_2BL: jax.Array  # [2B, L] int32, 0 on padding and on the null rows
+    ids_2BL: jax.Array  # [2B, L_b] int32 tokens of [descriptions; nulls], padded to a bucket
+    mask_2BL: jax.Array  # [2B, L_b] int32, 0 on padding and on the null rows
+    text_len: jax.Array  # int32 scalar L <= L_b: the length `t5.tokenize` padded the batch to
     prompt_BKP: jax.Array  # [B, K, P] int32 prompt codes, zero-padded to P (bucketed) frames
     prompt_len: jax.Array  # int32 scalar T0 <= P: the real prompt frames
     num_frames: jax.Array  # int32 scalar T: frames to return, prompt included
@@ -261,9 +278,12 @@ def _token_program(
     B, _, prompt_b = window.prompt_BKP.shape
     S_b = frames_b + max(delays) + 1
 
-    # Text -> [cond; null] condition, then the cross-attention keys/values, once.
+    # Text -> [cond; null] condition, then the cross-attention keys/values, once. Cross-attention
+    # sees the batch's own L positions (its padding included, as the reference), not the bucket's.
     condition_2BLD = conditioner(window.ids_2BL, window.mask_2BL)
-    cache = lmlib.init_cache(lm, condition_2BLD, S_b)
+    L_b = window.ids_2BL.shape[1]
+    context_mask_2BL = jnp.broadcast_to(jnp.arange(L_b) < window.text_len, (2 * B, L_b))
+    cache = lmlib.init_cache(lm, condition_2BLD, S_b, context_mask_BL=context_mask_2BL)
 
     # The code buffer: prompt frames, then unknown frames, then (bucket padding) frames outside the
     # pattern, which the delay layout turns into special cells like the reference's pattern of
@@ -320,10 +340,12 @@ def _token_program(
 # Host-side driver: validation, bucketing, the sliding window.
 
 
-def _check_ids(ids_2BL) -> None:
+def _check_ids(ids_2BL, mask_2BL) -> None:
     shape = np.shape(ids_2BL)
-    if len(shape) != 2 or shape[0] % 2 or shape[0] == 0:
+    if len(shape) != 2 or shape[0] % 2 or shape[0] == 0 or shape[1] == 0:
         raise ValueError(f"ids must be [2B, L] ([descriptions; nulls]), got {shape}")
+    if np.shape(mask_2BL) != shape:
+        raise ValueError(f"mask shape {np.shape(mask_2BL)} != token ids shape {shape}")
 
 
 def _check_prompt(prompt_BKT, B: int, K: int, card: int) -> np.ndarray:
@@ -365,16 +387,23 @@ def _window(
     prompt_b = bucket_frames(T0, settings.frame_bucket, frames_b - 1) if T0 else 0
     prompt_BKP = np.zeros((B, K, prompt_b), np.int32)
     prompt_BKP[:, :, :T0] = prompt
+    # Text padded with pad tokens (id 0) under a zero mask: T5 ignores them, the conditioner zeroes
+    # their rows, and cross-attention does not attend them (`text_len`).
+    L = np.shape(ids_2BL)[1]
+    pad = ((0, 0), (0, bucket_text(L) - L))
     window = Window(
-        ids_2BL=jnp.asarray(ids_2BL, jnp.int32),
-        mask_2BL=jnp.asarray(mask_2BL, jnp.int32),
-        prompt_BKP=jnp.asarray(prompt_BKP),
-        prompt_len=jnp.int32(T0),
-        num_frames=jnp.int32(num_frames),
+        ids_2BL=np.pad(np.asarray(ids_2BL, np.int32), pad),
+        mask_2BL=np.pad(np.asarray(mask_2BL, np.int32), pad),
+        text_len=np.int32(L),
+        prompt_BKP=prompt_BKP,
+        prompt_len=np.int32(T0),
+        num_frames=np.int32(num_frames),
         key=key,
-        cfg_coef=jnp.float32(settings.sampling.cfg_coef),
+        cfg_coef=np.float32(settings.sampling.cfg_coef),
     )
-    return window, frames_b
+    # device_put copies host arrays as they are; jnp.asarray would compile a small program for each
+    # new shape.
+    return jax.device_put(window), frames_b
 
 
 def _static_params(settings: GenerationSettings, card: int) -> sampling.SamplingParams:
@@ -441,7 +470,7 @@ def trace_program(
     `.jaxpr` is what runs (T5, the cache set-up, one `scan` over the steps, the pattern undone);
     `.lower().compile()` compiles it ahead of time. Arguments as `generate_codes`.
     """
-    _check_ids(ids_2BL)
+    _check_ids(ids_2BL, mask_2BL)
     num_frames = min(settings.num_frames, settings.max_frames or settings.num_frames)
     window, frames_b = _window(
         lm.config, ids_2BL, mask_2BL, num_frames, settings, key=key, prompt_BKT=prompt_BKT
@@ -481,7 +510,7 @@ def generate_codes(
     """
     if splits is None:
         splits = (nnx.split(lm), nnx.split(conditioner))
-    _check_ids(ids_2BL)
+    _check_ids(ids_2BL, mask_2BL)
     params = _static_params(settings, lm.config.card)
     T = settings.num_frames
     limit = settings.max_frames or T

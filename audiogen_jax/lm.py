@@ -35,6 +35,9 @@ Differences from the reference:
     allows it (causal within the block), which a prompt prefill uses.
   - Cross-attention keys/values of the condition are computed once per generation (`init_cache`),
     not at every step as the reference does.
+  - Cross-attention takes an optional key mask (`context_mask_BL`); the reference has none.
+    Generation pads the text to a few bucketed lengths and masks only the positions it added, so
+    the positions the reference attends are exactly the ones attended here.
   - Linear kernels are held `[in, out]` for float32 weights (the layout XLA:CPU streams fastest)
     and `[out, in]` (the checkpoint's layout) for bfloat16/float16 weights, whose matmuls take
     16-bit inputs and accumulate in float32 (`preferred_element_type`); docs/performance.md has
@@ -195,17 +198,18 @@ class LayerNorm(nnx.Module):
 
 
 def _attend(
-    q_BNSH: jax.Array, k_BNMH: jax.Array, v_BNMH: jax.Array, mask_SM: jax.Array | None
+    q_BNSH: jax.Array, k_BNMH: jax.Array, v_BNMH: jax.Array, mask: jax.Array | None
 ) -> jax.Array:
-    """Scaled dot-product attention (scale 1/sqrt(H)); `mask_SM` True where a query may look.
+    """Scaled dot-product attention (scale 1/sqrt(H)); `mask` (broadcast to [B, N, S, M]) True
+    where a query may look.
 
     Everything is head-major ([B, N, ., H]): both products are then batched over (B, N) with no
     transpose of the keys/values, which XLA would otherwise copy from the cache at every step.
     """
     scale = 1.0 / math.sqrt(q_BNSH.shape[-1])
     scores_BNSM = jnp.einsum("BNSH,BNMH->BNSM", q_BNSH * scale, k_BNMH)
-    if mask_SM is not None:
-        scores_BNSM = jnp.where(mask_SM, scores_BNSM, _MASKED)
+    if mask is not None:
+        scores_BNSM = jnp.where(mask, scores_BNSM, _MASKED)
     weights_BNSM = jax.nn.softmax(scores_BNSM, axis=-1)
     return jnp.einsum("BNSM,BNMH->BNSH", weights_BNSM, v_BNMH)
 
@@ -234,8 +238,9 @@ class Attention(nnx.Module):
     """Multi-head attention (reference `StreamingMultiheadAttention`), with an explicit KV cache.
 
     `cross=False`: causal self-attention over the steps so far. `cross=True`: attention to a context
-    (the text condition) with no mask. The reference packs q/k/v in one matrix; here they are three
-    projections with the same rows.
+    (the text condition), with no mask unless `context_mask_BL` is given: the reference attends
+    every text position, padding included. The reference packs q/k/v in one matrix; here they are
+    three projections with the same rows.
     """
 
     def __init__(
@@ -271,6 +276,7 @@ class Attention(nnx.Module):
         *,
         cache: KV | None = None,
         start: jax.Array | None = None,
+        context_mask_BL: jax.Array | None = None,
     ) -> tuple[jax.Array, KV | None]:
         """Attention for S new steps.
 
@@ -283,6 +289,9 @@ class Attention(nnx.Module):
             written at `start`. Cross-attention: the context's keys/values from `keys_values`
             (computed once per generation, see `init_cache`).
           start: with a self-attention cache, int32 scalar: the position of the first new step.
+          context_mask_BL: cross-attention only: bool, True where a text position may be attended;
+            None attends all of them (the reference). Generation pads the text to a bucketed
+            length and masks only the positions it added (`generate.py`).
 
         Returns:
           (out_BSD, the cache: updated by self-attention, as given by cross-attention).
@@ -290,18 +299,19 @@ class Attention(nnx.Module):
         q_BNSH = self._split_heads(self.q_proj(x_BSD))
         S = x_BSD.shape[1]
         if self.cross:
-            # No key padding mask, as the reference: padded condition rows are exact zeros.
+            # The reference has no key padding mask: its padded condition rows are exact zeros and
+            # are attended like the others. Only positions beyond its padding are masked here.
             kv = cache if cache is not None else self.keys_values(context_BLD)
-            mask_SM = None
+            mask = None if context_mask_BL is None else context_mask_BL[:, None, None, :]
         elif cache is None:
-            kv, mask_SM = self.keys_values(x_BSD), jnp.tril(jnp.ones((S, S), bool))
+            kv, mask = self.keys_values(x_BSD), jnp.tril(jnp.ones((S, S), bool))
         else:
             kv = cache = cache.write(self.keys_values(x_BSD), start)
             # Causal by position: a query at position p sees the cached steps 0..p.
             query_pos_S = start + jnp.arange(S, dtype=jnp.int32)
             key_pos_M = jnp.arange(kv.keys.shape[2], dtype=jnp.int32)
-            mask_SM = key_pos_M[None, :] <= query_pos_S[:, None]
-        o_BSNH = jnp.swapaxes(_attend(q_BNSH, kv.keys, kv.values, mask_SM), -3, -2)
+            mask = key_pos_M[None, :] <= query_pos_S[:, None]
+        o_BSNH = jnp.swapaxes(_attend(q_BNSH, kv.keys, kv.values, mask), -3, -2)
         return self.out_proj(o_BSNH.reshape(*o_BSNH.shape[:-2], -1)), cache
 
 
@@ -331,6 +341,7 @@ class TransformerLayer(nnx.Module):
         self_kv: KV | None = None,
         cross_kv: KV | None = None,
         start: jax.Array | None = None,
+        context_mask_BL: jax.Array | None = None,
     ) -> tuple[jax.Array, KV | None]:
         """x += SA(norm1 x); x += CA(norm_cross x, condition); x += FF(norm2 x), for S new steps.
 
@@ -340,13 +351,16 @@ class TransformerLayer(nnx.Module):
           self_kv, start: the self-attention cache and the position of the first new step (see
             `Attention`); None for teacher forcing.
           cross_kv: the condition's keys/values for this layer (`init_cache`).
+          context_mask_BL: which text positions cross-attention may attend (None: all).
 
         Returns:
           (x_BSD, self_kv with the new steps written, or None).
         """
         sa_BSD, self_kv = self.self_attn(self.norm1(x_BSD), cache=self_kv, start=start)
         x_BSD = x_BSD + sa_BSD
-        ca_BSD, _ = self.cross_attention(self.norm_cross(x_BSD), condition_BLD, cache=cross_kv)
+        ca_BSD, _ = self.cross_attention(
+            self.norm_cross(x_BSD), condition_BLD, cache=cross_kv, context_mask_BL=context_mask_BL
+        )
         x_BSD = x_BSD + ca_BSD
         x_BSD = x_BSD + self.feed_forward(self.norm2(x_BSD))
         return x_BSD, self_kv
@@ -513,6 +527,7 @@ class KVCache:
 
     self_attn: tuple[KV, ...]  # [B, N, M, H]: keys/values of the steps so far, preallocated to M
     cross_attention: tuple[KV, ...]  # [B, N, L, H]: the condition's, computed once
+    context_mask_BL: jax.Array  # [B, L] bool: the text positions cross-attention attends
 
     @property
     def max_steps(self) -> int:
@@ -555,7 +570,9 @@ def _forward(
 
 
 @functools.partial(jax.jit, static_argnums=2)
-def _init_cache(lm: LMModel, condition_BLD: jax.Array, max_steps: int) -> KVCache:
+def _init_cache(
+    lm: LMModel, condition_BLD: jax.Array, max_steps: int, context_mask_BL: jax.Array
+) -> KVCache:
     cfg = lm.config
     shape = (condition_BLD.shape[0], cfg.num_heads, max_steps, cfg.head_dim)
     condition_BLD = condition_BLD.astype(jnp.float32)
@@ -565,6 +582,7 @@ def _init_cache(lm: LMModel, condition_BLD: jax.Array, max_steps: int) -> KVCach
             KV(jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32)) for _ in layers
         ),
         cross_attention=tuple(layer.cross_attention.keys_values(condition_BLD) for layer in layers),
+        context_mask_BL=context_mask_BL,
     )
 
 
@@ -577,7 +595,13 @@ def _step(
     for layer, self_kv, cross_kv in zip(
         lm.transformer.layers, cache.self_attn, cache.cross_attention, strict=True
     ):
-        x_BSD, self_kv = layer(x_BSD, self_kv=self_kv, cross_kv=cross_kv, start=start)
+        x_BSD, self_kv = layer(
+            x_BSD,
+            self_kv=self_kv,
+            cross_kv=cross_kv,
+            start=start,
+            context_mask_BL=cache.context_mask_BL,
+        )
         self_attn.append(self_kv)
     return _heads(lm, x_BSD), dataclasses.replace(cache, self_attn=tuple(self_attn))
 
@@ -635,18 +659,27 @@ def forward(lm: LMModel, seq_BKS, condition_BLD, *, remat: bool = False) -> jax.
     return _forward(lm, seq_BKS, condition_BLD, remat=remat)
 
 
-def init_cache(lm: LMModel, condition_BLD, max_steps: int) -> KVCache:
+def init_cache(lm: LMModel, condition_BLD, max_steps: int, *, context_mask_BL=None) -> KVCache:
     """An empty cache for up to `max_steps` steps, with the condition's cross-attention keys/values.
 
     Args:
       lm: the model.
       condition_BLD: the projected text condition (the CFG batch [cond; null] when guiding).
       max_steps: M, the most steps this generation will run (static).
+      context_mask_BL: bool [B, L], True where cross-attention may attend; None: every text
+        position, as the reference (its padded positions included).
     """
     _check_condition(lm, condition_BLD)
     if not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
         raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
-    return _init_cache(lm, condition_BLD, int(max_steps))
+    B, L, _ = condition_BLD.shape
+    if context_mask_BL is None:
+        context_mask_BL = jnp.ones((B, L), bool)
+    elif tuple(context_mask_BL.shape) != (B, L):
+        raise ValueError(
+            f"context_mask_BL must be [B, L] = {(B, L)}, got {tuple(context_mask_BL.shape)}"
+        )
+    return _init_cache(lm, condition_BLD, int(max_steps), jnp.asarray(context_mask_BL, bool))
 
 
 def step(lm: LMModel, seq_BKS, cache: KVCache, start) -> tuple[jax.Array, KVCache]:

@@ -130,6 +130,70 @@ def test_bucketing_reuses_the_program(tiny):
     assert gen._token_program._cache_size() == n + 1
 
 
+def _batch(rng, lengths, vocab=50):
+    """Token ids and mask of [descriptions; nulls] as `t5.tokenize` lays them out: row b has
+    lengths[b] tokens (0: a None description, an all-zero mask), right-padded to the longest."""
+    lengths = list(lengths) + [0] * len(lengths)
+    L = max(max(lengths), 1)
+    mask = (np.arange(L)[None] < np.array(lengths)[:, None]).astype(np.int32)
+    ids = rng.integers(2, vocab, (len(lengths), L)).astype(np.int32) * mask
+    return ids, mask
+
+
+@contextlib.contextmanager
+def _backend_compiles():
+    """Records the name of every program XLA compiles inside the block (jax.monitoring)."""
+    names: list[str] = []
+
+    def listen(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            names.append(kwargs.get("fun_name", "?"))
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        yield names
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+
+
+def test_a_new_prompt_compiles_nothing_within_a_text_bucket(tiny):
+    lm, cond, _, _ = tiny
+    rng = np.random.default_rng(0)
+    settings = frames(9, frame_bucket=8)
+
+    def run(lengths):
+        ids, mask = _batch(rng, lengths)
+        return gen.generate_codes(lm, cond, ids, mask, settings, key=jax.random.key(0))
+
+    buckets = {1: 16, 15: 16, 16: 16, 17: 32, 32: 32, 33: 64, 100: 128}
+    assert {n: gen.bucket_text(n) for n in buckets} == buckets
+    run([3, 1])  # compiles the program of the 16-token bucket (and any small helper programs)
+    n = gen._token_program._cache_size()
+    # Prompts of every length in the bucket, with None rows and rows of different lengths.
+    batches = [[L, 1 + (7 * L) % 16] for L in range(1, 17)] + [[0, 5], [9, 0], [16, 16]]
+    with _backend_compiles() as compiled:
+        for lengths in batches:
+            run(lengths)
+    assert compiled == [] and gen._token_program._cache_size() == n
+    # The next bucket (17..32 tokens) is one more program, and only that.
+    with _backend_compiles() as compiled:
+        for lengths in ([17, 2], [32, 0], [20, 31]):
+            run(lengths)
+    assert len(compiled) == 1 and "_token_program" in compiled[0], compiled
+    assert gen._token_program._cache_size() == n + 1
+
+
+@pytest.mark.parametrize("lengths", [[5, 2], [16, 0], [17, 9]])
+def test_padding_the_text_to_its_bucket_changes_no_token(tiny, lengths):
+    # The literal loop conditions on the batch's own length; ours pads it to the bucket (16 or 32)
+    # and masks the added positions. [5, 2] and [17, 9] are mid-bucket; [16, 0] fills the bucket
+    # and has a None row.
+    lm, cond, _, _ = tiny
+    ids, mask = _batch(np.random.default_rng(sum(lengths)), lengths)
+    ours = gen.generate_codes(lm, cond, ids, mask, frames(11), key=jax.random.key(0))
+    np.testing.assert_array_equal(ours, literal_greedy(lm, cond, ids, mask, 11))
+
+
 def test_sampling_is_deterministic_per_seed(tiny):
     lm, cond, ids, mask = tiny
     params = sampling.SamplingParams(use_sampling=True, top_k=5, temperature=1.0, cfg_coef=3.0)
@@ -320,6 +384,12 @@ def test_greedy_generation_matches_reference(pair):
     T = int(ours.frame_rate)  # 1 s of frames (50)
     for m in (ref, ours):
         m.set_generation_params(duration=T / ours.frame_rate, use_sampling=False, cfg_coef=3.0)
+    # The batch's text length falls inside its bucket: positions are added beyond the reference's
+    # padding and masked (generate.bucket_text).
+    from audiogen_jax import t5
+
+    L = t5.tokenize(ours.tokenizer, DESCRIPTIONS + [None] * 3)[0].shape[1]
+    assert L < gen.bucket_text(L), (L, gen.bucket_text(L))
     ref_wav, ref_codes = _reference_generate(ref, ref.generate, DESCRIPTIONS)
     wav, codes = ours.generate(DESCRIPTIONS, seed=0, return_tokens=True)
     assert codes.shape == ref_codes.shape == (3, 4, T)
