@@ -15,6 +15,10 @@
     calls load the cache without touching the network; an entry of an older format version is
     converted again.
 
+Loading also turns on JAX's persistent compilation cache (`compilation_cache.py`; under the same
+root, `<root>/xla`), so a later process loads the compiled generation program instead of compiling
+it; `compilation_cache=False` leaves JAX's settings alone.
+
 References: audiocraft 1.3.0 `models/audiogen.py` (`AudioGen`), `models/genmodel.py`
 (`BaseGenModel`: `set_generation_params`, `generate`, `generate_unconditional`,
 `generate_continuation`), `models/loaders.py`.
@@ -57,6 +61,7 @@ from audiogen_jax import (
     t5,
     t5_params,
 )
+from audiogen_jax import compilation_cache as compile_cache
 from audiogen_jax import generate as gen
 from audiogen_jax.encodec import EncodecModel
 from audiogen_jax.lm import LMModel
@@ -73,6 +78,12 @@ def cache_root() -> str:
     return os.environ.get("AUDIOGEN_JAX_CACHE") or os.path.join(
         os.path.expanduser("~"), ".cache", "audiogen_jax"
     )
+
+
+def compilation_cache_dir(root: str | None = None) -> str | None:
+    """The default persistent compilation cache: $AUDIOGEN_JAX_COMPILATION_CACHE, else
+    <root or cache_root()>/xla; None when the variable turns it off."""
+    return compile_cache.default_directory(root or cache_root())
 
 
 def _cache_dir(name: str, root: str | None) -> str:
@@ -237,6 +248,7 @@ class AudioGen:
         *,
         dtype: Any = None,
         cache_dir: str | None = None,
+        compilation_cache: bool | str | os.PathLike = True,
     ) -> AudioGen:
         """Loads a converted directory, `"tiny-random"`, or a hub id (downloaded and converted
         once).
@@ -246,7 +258,14 @@ class AudioGen:
           dtype: LM weight dtype (e.g. `jnp.bfloat16`); None keeps the converted file's dtype.
           cache_dir: root of the conversion cache; default `$AUDIOGEN_JAX_CACHE` or
             `~/.cache/audiogen_jax`.
+          compilation_cache: True: turn on JAX's persistent compilation cache in its default
+            directory (`$AUDIOGEN_JAX_COMPILATION_CACHE`, else `<cache root>/xla`); a path: there;
+            False: leave JAX's settings as they are. A directory JAX already uses is kept.
         """
+        if compilation_cache is True:
+            compilation_cache = compilation_cache_dir(cache_dir)
+        if compilation_cache:
+            compile_cache.enable(compilation_cache)
         directory = resolve(name_or_dir, cache_dir)
         try:
             codec = EncodecModel.from_pretrained(directory)

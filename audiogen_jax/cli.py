@@ -121,6 +121,18 @@ def _generate_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--cache-dir", default=None, help="conversion cache (default $AUDIOGEN_JAX_CACHE)"
     )
+    p.add_argument(
+        "--compilation-cache",
+        default=None,
+        metavar="DIR",
+        help="keep compiled programs here, so the next run does not compile them again (default "
+        "$AUDIOGEN_JAX_COMPILATION_CACHE, else xla/ under the conversion cache)",
+    )
+    p.add_argument(
+        "--no-compilation-cache",
+        action="store_true",
+        help="compile everything afresh and keep nothing (as AUDIOGEN_JAX_COMPILATION_CACHE=off)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -137,6 +149,11 @@ def _check_args(args: argparse.Namespace) -> None:
     # SamplingParams is where sampling settings are validated (the model's codebook size, which
     # bounds top-k, is checked once it is loaded).
     sampling.SamplingParams(**_sampling_settings(args))
+    if args.compilation_cache and args.no_compilation_cache:
+        raise ValueError("give --compilation-cache DIR or --no-compilation-cache, not both")
+    if args.compilation_cache and os.path.exists(args.compilation_cache):
+        if not os.path.isdir(args.compilation_cache):
+            raise ValueError(f"--compilation-cache {args.compilation_cache} is not a directory")
     if args.prompt is not None and not os.path.isfile(args.prompt):
         raise ValueError(f"--continue {args.prompt}: no such file")
     _check_writable(args.out_dir)
@@ -157,6 +174,13 @@ def _check_writable(out_dir: str) -> None:
         raise ValueError(
             f"--out-dir {out_dir} cannot be created: {parent} is not a writable directory"
         )
+
+
+def _compilation_cache(args: argparse.Namespace) -> bool | str:
+    """`AudioGen.from_pretrained`'s `compilation_cache`: off, a directory, or the default."""
+    if args.no_compilation_cache:
+        return False
+    return args.compilation_cache or True
 
 
 def _sampling_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -194,7 +218,12 @@ def generate_main(argv: list[str] | None = None) -> int:
     try:
         if args.model == presets.TINY_RANDOM:
             print(presets.NOISE_WARNING, file=sys.stderr)
-        model = AudioGen.from_pretrained(args.model, dtype=args.dtype, cache_dir=args.cache_dir)
+        model = AudioGen.from_pretrained(
+            args.model,
+            dtype=args.dtype,
+            cache_dir=args.cache_dir,
+            compilation_cache=_compilation_cache(args),
+        )
         model.set_generation_params(
             duration=args.duration, extend_stride=args.extend_stride, **_sampling_settings(args)
         )

@@ -21,7 +21,7 @@ reference's `set_generation_params`. Everything from the text encoder to the rev
 `jax.jit` program (`_token_program`; `trace_program` shows it): the condition and the
 cross-attention keys/values are computed once, the step is the LM's cached `step` (weights read
 once per step, CFG as one forward of 2B rows), the scan carries a `DecodeState`, and there is no
-host round trip per step except the optional progress callback.
+host round trip per step.
 
 Static shapes, so new inputs rarely recompile:
   - The number of frames T and the prompt length T0 are *traced* scalars. Their buffers are padded
@@ -36,8 +36,7 @@ Static shapes, so new inputs rarely recompile:
     cross-attention has no key mask: it attends its own padded positions (zero condition rows),
     which change the softmax, so those stay attended; only the positions added beyond L are masked
     (`Window.text_len`, the LM's `context_mask_BL`). The tokens are the reference's.
-  - Changing `cfg_coef` or the seed never recompiles; the other sampling settings and the progress
-    flag are static.
+  - Changing `cfg_coef` or the seed never recompiles; the other sampling settings are static.
   The prompt is written into the KV cache by one prefill forward over T0_b (bucketed) steps. Steps
   past the prompt in that block fill cache slots with placeholder values; each is overwritten by the
   scan's step at that position before any query can attend to it (causal attention by position).
@@ -47,10 +46,13 @@ the reference's sliding window (`BaseGenModel._generate_tokens`): each window re
 with the last `max_duration - extend_stride` seconds of the previous window as its prompt and keeps
 only the new frames.
 
-Progress: `progress=True` adds a `jax.debug.callback` in the scan body that moves a tqdm bar (or,
-with `progress=callable`, calls it with each step's index: benchmarks/bench_generate.py times steps
-this way); the program stays one compiled scan (a separate compilation from the progress-free one).
-Its cost is one host round trip per step (measured in docs/parity.md, ## Generation).
+Progress: with `progress=True` (a tqdm bar) or a callable, the same program runs in pieces: one
+program for the set-up (`_start`), then the scan `PROGRESS_STEPS` iterations at a time
+(`_decode`, its state donated from piece to piece), the host reporting between pieces while the
+next piece is already queued. A callback inside the scan would report every step, but JAX never
+writes a program holding a Python callback to its persistent compilation cache, so every process
+would compile it again (see `compilation_cache.py`); the pieces hold none. Same tokens; the cost is
+measured in docs/parity.md (## Generation).
 
 References: audiocraft 1.3.0 `models/lm.py` (`LMModel.generate`, `_sample_next_token`),
 `models/genmodel.py` (`BaseGenModel.generate*`, `_generate_tokens`).
@@ -191,44 +193,6 @@ def bucket_text(n: int) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-# Progress: the compiled program calls one module-level function; which bar it moves is set per
-# call, so a cached program never holds on to an old bar.
-
-_progress_sink: list[Any] = []
-
-
-def _report_progress(i) -> None:
-    if _progress_sink:
-        _progress_sink[-1](int(i))
-
-
-@contextlib.contextmanager
-def _progress_bar(total: int, desc: str) -> Iterator[None]:
-    bar = tqdm(total=total, desc=desc, unit="step", leave=False)
-
-    def update(i: int) -> None:
-        # update() redraws at most every `mininterval` seconds: a fast loop is not slowed down.
-        bar.update(min(i + 1, total) - bar.n)
-
-    _progress_sink.append(update)
-    try:
-        yield
-    finally:
-        _progress_sink.pop()
-        bar.n = total
-        bar.close()
-
-
-@contextlib.contextmanager
-def _progress_calls(on_step: Callable[[int], None]) -> Iterator[None]:
-    _progress_sink.append(on_step)
-    try:
-        yield
-    finally:
-        _progress_sink.pop()
-
-
-# --------------------------------------------------------------------------------------------------
 # The compiled program: condition -> prefill -> scan over steps -> revert the pattern.
 
 
@@ -256,23 +220,16 @@ class DecodeState:
     cache: lmlib.KVCache  # the LM's keys/values for the 2B rows [cond; null], up to S_b steps
 
 
-@functools.partial(
-    jax.jit, static_argnames=("lm_def", "cond_def", "frames_b", "params", "progress")
-)
-def _token_program(
-    lm_def,
-    cond_def,
-    lm_state,
-    cond_state,
-    window: Window,
-    *,
-    frames_b: int,
-    params: sampling.SamplingParams,
-    progress: bool,
-) -> jax.Array:
-    """One window of generation: codes [B, K, frames_b] (frames >= num_frames hold `card`)."""
-    lm = nnx.merge(lm_def, lm_state)
-    conditioner = nnx.merge(cond_def, cond_state)
+def _scan_length(frames_b: int, delays: Sequence[int]) -> int:
+    """Iterations of the scan that covers the longest possible run of one window (no prompt)."""
+    return frames_b + max(delays) - min(delays)
+
+
+def _start(
+    lm: lmlib.LMModel, conditioner: nnx.Module, window: Window, frames_b: int
+) -> DecodeState:
+    """The scan's first carry: the text condition and its cross-attention keys/values, the delayed
+    code buffer, and the KV cache with the prompt's steps written."""
     cfg = lm.config
     delays, special, K = tuple(cfg.delays), cfg.card, cfg.n_q
     B, _, prompt_b = window.prompt_BKP.shape
@@ -296,16 +253,33 @@ def _token_program(
         jnp.where(t_T < window.num_frames, UNKNOWN, special),
     ).astype(jnp.int32)
     seq_BKS = patterns.build_delayed(codes_BKT, delays, special)
-    delays_K = jnp.asarray(delays, jnp.int32)
 
-    # Steps before `start` are fully known (prompt or special): the LM sees them in one block.
-    start = window.prompt_len + 1 + min(delays)
-    stop = window.num_frames + max(delays) + 1
+    # Steps before the first generated one are fully known (prompt or special): the LM sees them in
+    # one block.
     prefill = prompt_b + min(delays) if prompt_b > 0 else 0
     if prefill > 0:
         block_BKP = seq_BKS[:, :, :prefill]
         block_BKP = jnp.where(block_BKP == UNKNOWN, special, block_BKP)
         _, cache = lmlib.step(lm, jnp.concatenate([block_BKP, block_BKP]), cache, jnp.int32(0))
+    return DecodeState(seq_BKS=seq_BKS, cache=cache)
+
+
+def _decode(
+    lm: lmlib.LMModel,
+    state: DecodeState,
+    window: Window,
+    first: jax.Array,
+    count: int,
+    params: sampling.SamplingParams,
+) -> DecodeState:
+    """Scan iterations first .. first + count - 1: iteration i generates step s = start + i, where
+    start is the first step after the prompt; iterations past the last step skip the LM."""
+    cfg = lm.config
+    delays, special = tuple(cfg.delays), cfg.card
+    B = state.seq_BKS.shape[0]
+    delays_K = jnp.asarray(delays, jnp.int32)
+    start = window.prompt_len + 1 + min(delays)
+    stop = window.num_frames + max(delays) + 1
 
     def decode_step(state: DecodeState, i: jax.Array) -> DecodeState:
         s = start + i
@@ -321,19 +295,94 @@ def _token_program(
         current_BK = jax.lax.dynamic_index_in_dim(state.seq_BKS, s, axis=2, keepdims=False)
         new_BK = jnp.where(current_BK == UNKNOWN, ids_BK, current_BK)
         seq_BKS = jax.lax.dynamic_update_index_in_dim(state.seq_BKS, new_BK, s, axis=2)
-        if progress:
-            jax.debug.callback(_report_progress, i)
         return DecodeState(seq_BKS=seq_BKS, cache=cache)
 
     def body(state: DecodeState, i: jax.Array) -> tuple[DecodeState, None]:
         state = jax.lax.cond(start + i < stop, decode_step, lambda st, _: st, state, i)
         return state, None
 
-    # The scan covers the longest possible run (no prompt); iterations past `stop` are skipped.
-    state, _ = jax.lax.scan(
-        body, DecodeState(seq_BKS=seq_BKS, cache=cache), jnp.arange(S_b - 1 - min(delays))
-    )
+    state, _ = jax.lax.scan(body, state, first + jnp.arange(count))
+    return state
+
+
+@functools.partial(jax.jit, static_argnames=("lm_def", "cond_def", "frames_b", "params"))
+def _token_program(
+    lm_def,
+    cond_def,
+    lm_state,
+    cond_state,
+    window: Window,
+    *,
+    frames_b: int,
+    params: sampling.SamplingParams,
+) -> jax.Array:
+    """One window of generation: codes [B, K, frames_b] (frames >= num_frames hold `card`)."""
+    lm = nnx.merge(lm_def, lm_state)
+    conditioner = nnx.merge(cond_def, cond_state)
+    delays = tuple(lm.config.delays)
+    state = _start(lm, conditioner, window, frames_b)
+    state = _decode(lm, state, window, jnp.int32(0), _scan_length(frames_b, delays), params)
     return patterns.revert_delayed(state.seq_BKS, delays, frames_b)
+
+
+# --------------------------------------------------------------------------------------------------
+# With progress: the same program in pieces. A callback inside the scan would tie the compiled
+# program to this process's Python functions, and JAX does not write such a program to its
+# persistent compilation cache; these pieces hold no callback, so a warm start skips them too.
+# The host runs the scan `PROGRESS_STEPS` iterations at a time and reports between the pieces.
+
+PROGRESS_STEPS = 8  # decoding steps per piece: one report per piece
+
+
+@functools.partial(jax.jit, static_argnames=("lm_def", "cond_def", "frames_b"))
+def _start_program(lm_def, cond_def, lm_state, cond_state, window: Window, *, frames_b: int):
+    return _start(nnx.merge(lm_def, lm_state), nnx.merge(cond_def, cond_state), window, frames_b)
+
+
+@functools.partial(jax.jit, static_argnames=("lm_def", "count", "params"), donate_argnames="state")
+def _decode_program(
+    lm_def, lm_state, state: DecodeState, window: Window, first, *, count: int, params
+) -> tuple[DecodeState, jax.Array]:
+    """`count` iterations from `first`, and first + count: a scalar the host waits on while the
+    next piece is already queued (the state itself is donated to that piece)."""
+    state = _decode(nnx.merge(lm_def, lm_state), state, window, first, count, params)
+    return state, first + count
+
+
+@contextlib.contextmanager
+def _progress_bar(total: int, desc: str) -> Iterator[Callable[[int], None]]:
+    bar = tqdm(total=total, desc=desc, unit="step", leave=False)
+    try:
+        yield lambda i: bar.update(i + 1 - bar.n)
+    finally:
+        bar.n = total
+        bar.close()
+
+
+def _run_in_pieces(
+    splits: Splits,
+    window: Window,
+    frames_b: int,
+    params: sampling.SamplingParams,
+    report: Callable[[int], None],
+    steps: int,
+    delays: Sequence[int],
+) -> np.ndarray:
+    """`_token_program`'s codes, computed piece by piece, with `report(index of the last step done)`
+    after each piece."""
+    (lm_def, lm_state), (cond_def, cond_state) = splits
+    state = _start_program(lm_def, cond_def, lm_state, cond_state, window, frames_b=frames_b)
+    queued: list[jax.Array] = []
+    for first in range(0, steps, PROGRESS_STEPS):
+        state, done = _decode_program(
+            lm_def, lm_state, state, window, np.int32(first), count=PROGRESS_STEPS, params=params
+        )
+        queued.append(done)
+        if len(queued) > 1:  # the previous piece, waited for while this one is queued
+            report(min(int(queued.pop(0)), steps) - 1)
+    for done in queued:
+        report(min(int(done), steps) - 1)
+    return patterns.revert_delayed(np.asarray(state.seq_BKS), delays, frames_b)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -418,20 +467,10 @@ def _call_program(
     window: Window,
     frames_b: int,
     params: sampling.SamplingParams,
-    progress: bool,
 ) -> Any:
     """`method` (`_token_program` or its `.trace`) on one window's inputs."""
     (lm_def, lm_state), (cond_def, cond_state) = splits
-    return method(
-        lm_def,
-        cond_def,
-        lm_state,
-        cond_state,
-        window,
-        frames_b=frames_b,
-        params=params,
-        progress=progress,
-    )
+    return method(lm_def, cond_def, lm_state, cond_state, window, frames_b=frames_b, params=params)
 
 
 def _run_window(
@@ -441,18 +480,17 @@ def _run_window(
     params: sampling.SamplingParams,
     progress: Progress,
     steps: int,
+    delays: Sequence[int],
 ) -> np.ndarray:
-    """Runs the program on one window of `steps` LM steps: int32 [B, K, frames_b] numpy codes."""
-    run = functools.partial(
-        _call_program, _token_program, splits, window, frames_b, params, bool(progress)
-    )
+    """Runs one window of `steps` LM steps: int32 [B, K, frames_b] numpy codes."""
     if not progress:
-        return np.asarray(jax.device_get(run()))
-    reporter = (
-        _progress_calls(progress) if callable(progress) else _progress_bar(steps, "generating")
-    )
-    with reporter:
-        return np.asarray(jax.device_get(run()))
+        codes = _call_program(_token_program, splits, window, frames_b, params)
+        return np.asarray(jax.device_get(codes))
+    run = functools.partial(_run_in_pieces, splits, window, frames_b, params)
+    if callable(progress):
+        return run(progress, steps, delays)
+    with _progress_bar(steps, "generating") as report:
+        return run(report, steps, delays)
 
 
 def trace_program(
@@ -477,7 +515,7 @@ def trace_program(
     )
     splits = (nnx.split(lm), nnx.split(conditioner))
     params = _static_params(settings, lm.config.card)
-    return _call_program(_token_program.trace, splits, window, frames_b, params, False)
+    return _call_program(_token_program.trace, splits, window, frames_b, params)
 
 
 def generate_codes(
@@ -502,7 +540,8 @@ def generate_codes(
       key: a `jax.random` key; window w, step s samples with `fold_in(fold_in(key, w), s)`.
       prompt_BKT: int [B, K, T0] codes to continue, T0 shorter than the first window; None for
         none.
-      progress: True shows a tqdm bar per window; a callable is called with each step's index.
+      progress: True shows a tqdm bar per window; a callable is called with the index of the last
+        step done (0-based, within the window) every `PROGRESS_STEPS` steps and at the end.
       splits: `(nnx.split(lm), nnx.split(conditioner))`, to skip re-splitting on every call.
 
     Returns:
@@ -535,7 +574,8 @@ def generate_codes(
             prompt_BKT=prompt,
         )
         steps = num_frames + max(delays) - prompt_len - min(delays)
-        return _run_window(splits, window, frames_b, params, progress, steps)[:, :, :num_frames]
+        codes = _run_window(splits, window, frames_b, params, progress, steps, delays)
+        return codes[:, :, :num_frames]
 
     if T <= limit:
         return one(T, 0, prompt_BKT, T0)

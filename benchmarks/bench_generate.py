@@ -20,10 +20,11 @@ What it does, in order:
   4. Prints a table and optionally writes everything to `--json`.
 
 Timing method:
-  - s/step: both implementations report every decoding step through their progress mechanism (audiocraft's
-    `set_custom_progress_callback`; audiogen-jax's `jax.debug.callback` in the scan, see generate.py). A
-    step's time is the gap between consecutive reports; the table shows the median over the steps after the
-    first (the first also holds the text encoder and setup). 1 s of audio = 50 frames = 53 steps.
+  - s/step: both implementations report progress through their own mechanism: audiocraft's
+    `set_custom_progress_callback` after every step, audiogen-jax's `progress=callable` after every
+    `generate.PROGRESS_STEPS` (8) steps, with the index of the last step done. A gap between consecutive
+    reports covering n steps counts as n steps of gap / n; the table shows the median over the steps after
+    the first report (which also holds the text encoder and setup). 1 s of audio = 50 frames = 53 steps.
   - Warm-up: audiogen-jax runs the whole generation once first; that run minus the timed run is the
     compile time ("compile", jit compilation + tracing of the whole program: T5, the LM scan, EnCodec).
     The reference first runs a short generation (2 frames) to warm torch up.
@@ -159,12 +160,20 @@ def weight_bytes_per_step(cfg, itemsize: int, cross_kv_cached: bool) -> int:
 # Children: one implementation, one dtype, every batch size.
 
 
-def step_stats(start: float, stamps: list[float]) -> dict:
-    deltas = [b - a for a, b in zip([start] + stamps[:-1], stamps)]
-    steady = deltas[1:] or deltas
+def step_stats(start: float, stamps: list[float], done: list[int] | None = None) -> dict:
+    """Seconds per step from progress reports at times `stamps`, report j made once `done[j]` steps
+    were done (None: one report per step). A gap covering n steps gives n steps of gap / n; the
+    first report's gap (it also holds the set-up) is left out of the steady-state statistics."""
+    done = list(range(1, len(stamps) + 1)) if done is None else done
+    deltas, steps = [], []
+    for a, b, n0, n1 in zip([start] + stamps[:-1], stamps, [0] + done[:-1], done, strict=True):
+        deltas.append(b - a)
+        steps.append(n1 - n0)
+    steady = [d / n for d, n in zip(deltas[1:], steps[1:], strict=True) for _ in range(n)] or deltas
     return {
-        "steps": len(stamps),
+        "steps": done[-1] if done else 0,
         "first_step_s": deltas[0] if deltas else None,
+        "first_report_steps": steps[0] if steps else None,
         "s_per_step": statistics.median(steady) if steady else None,
         "s_per_step_mean": statistics.fmean(steady) if steady else None,
         "s_per_step_min": min(steady) if steady else None,
@@ -273,19 +282,21 @@ def run_jax(args, directory, bundle) -> dict:
     )
     for batch in args.batch:
         descriptions = DESCRIPTIONS[:batch]
-        warm: list[float] = []
         t0 = time.perf_counter()
-        model.generate(
-            descriptions, progress=lambda i, s=warm: s.append(time.perf_counter()), seed=0
-        )
+        model.generate(descriptions, progress=lambda i: None, seed=0)
         first = time.perf_counter() - t0
+        # Reports come every generate.PROGRESS_STEPS steps, with the index of the last step done.
         stamps: list[float] = []
+        done: list[int] = []
+
+        def report(i: int, stamps=stamps, done=done) -> None:
+            stamps.append(time.perf_counter())
+            done.append(i + 1)
+
         reset_peak_rss()
         load = load_average()
         t0 = time.perf_counter()
-        wav = model.generate(
-            descriptions, progress=lambda i, s=stamps: s.append(time.perf_counter()), seed=1
-        )
+        wav = model.generate(descriptions, progress=report, seed=1)
         total = time.perf_counter() - t0
         out["runs"].append(
             dict(
@@ -297,7 +308,7 @@ def run_jax(args, directory, bundle) -> dict:
                 load_avg=load,
                 wav_shape=list(wav.shape),
                 finite=bool(np.isfinite(wav).all()),
-                **step_stats(t0, stamps),
+                **step_stats(t0, stamps, done),
             )
         )
     return out

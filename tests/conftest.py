@@ -14,6 +14,11 @@ _bin = os.path.dirname(sys.executable)
 if _bin not in os.environ.get("PATH", "").split(os.pathsep):
     os.environ["PATH"] = _bin + os.pathsep + os.environ.get("PATH", "")
 
+# No persistent compilation cache in the tests (AudioGen turns one on by default): a test must not
+# depend on, or leave behind, compiled programs of another run. tests/test_compilation_cache.py
+# turns it on where it is what is tested.
+os.environ.setdefault("AUDIOGEN_JAX_COMPILATION_CACHE", "off")
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 

@@ -208,30 +208,38 @@ def test_sampling_is_deterministic_per_seed(tiny):
     assert a.min() >= 0 and a.max() < lm.config.card
 
 
-def test_progress_reports_every_step_and_changes_nothing(tiny, monkeypatch):
+@pytest.mark.parametrize("T", [10, 40])
+def test_progress_reports_the_steps_done_and_changes_nothing(tiny, monkeypatch, T):
     lm, cond, ids, mask = tiny
-    seen, totals = [], []
-
-    @contextlib.contextmanager
-    def recorder(total, desc):
-        totals.append(total)
-        gen._progress_sink.append(seen.append)
-        try:
-            yield
-        finally:
-            gen._progress_sink.pop()
-
-    monkeypatch.setattr(gen, "_progress_bar", recorder)
     prompt = np.zeros((2, 4, 3), np.int32)
-    settings = frames(10, frame_bucket=8)
+    settings = frames(T, frame_bucket=8)
     key = jax.random.key(0)
     quiet = gen.generate_codes(lm, cond, ids, mask, settings, key=key, prompt_BKT=prompt)
+    seen = []
     loud = gen.generate_codes(
-        lm, cond, ids, mask, settings, key=key, prompt_BKT=prompt, progress=True
+        lm, cond, ids, mask, settings, key=key, prompt_BKT=prompt, progress=seen.append
     )
     np.testing.assert_array_equal(quiet, loud)
-    # S - start steps: (10 + 3 + 1) - (3 + 1).
-    assert totals == [10] and sorted(seen) == list(range(10))
+    # S - start steps: (T + 3 + 1) - (3 + 1) = T, reported after each piece of PROGRESS_STEPS.
+    n = gen.PROGRESS_STEPS
+    assert seen == [min(i + n, T) - 1 for i in range(0, T, n)]
+    # The bar ends at the step count.
+    bars = []
+    real_bar = gen._progress_bar
+
+    @contextlib.contextmanager
+    def recording_bar(total, desc):
+        with real_bar(total, desc) as report:
+            bars.append(total)
+            yield lambda i: (seen.append(i), report(i))
+
+    monkeypatch.setattr(gen, "_progress_bar", recording_bar)
+    seen.clear()
+    bar = gen.generate_codes(
+        lm, cond, ids, mask, settings, key=key, prompt_BKT=prompt, progress=True
+    )
+    np.testing.assert_array_equal(quiet, bar)
+    assert bars == [T] and seen[-1] == T - 1
 
 
 @pytest.mark.parametrize(

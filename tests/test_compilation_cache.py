@@ -1,0 +1,106 @@
+"""The warm start: a second CLI run loads every compiled program from JAX's persistent cache.
+
+Each run is a fresh Python process running `audiogen-jax generate` on tiny-random (progress bar
+on, as by default). The evidence is JAX's own: its monitoring events for every compile request
+(`/jax/core/compile/backend_compile_duration`, recorded for a cache hit as for a compilation),
+cache hit and cache miss, counted in the child and written to a file at exit, and the entries in
+the cache directory. No timing is asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile
+
+from audiogen_jax import cli, compilation_cache
+
+# The child: count JAX's compile events while the CLI runs, write them out at exit.
+_CHILD = """
+import atexit, collections, json, sys
+import jax
+counts = collections.Counter()
+jax.monitoring.register_event_listener(lambda event, **kw: counts.update([event]))
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, duration, **kw: counts.update([event]))
+atexit.register(lambda: json.dump(counts, open(sys.argv[1], "w")))
+from audiogen_jax.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+COMPILE = "/jax/core/compile/backend_compile_duration"
+HIT = "/jax/compilation_cache/cache_hits"
+MISS = "/jax/compilation_cache/cache_misses"
+
+
+def _generate(tmp_path, name: str, env_cache: str | None, *extra: str) -> tuple[dict, np.ndarray]:
+    """Runs the CLI in a new process; returns JAX's event counts and the audio written."""
+    env = dict(os.environ, AUDIOGEN_JAX_CACHE=str(tmp_path / "root"))
+    env.pop(compilation_cache.ENV, None)  # conftest turns the cache off for in-process tests
+    if env_cache is not None:
+        env[compilation_cache.ENV] = env_cache
+    out_dir, events = tmp_path / name, tmp_path / f"{name}.json"
+    argv = ["generate", "dog barking", "--model", "tiny-random", "--duration", "1.2"]
+    argv += ["--seed", "0", "--out-dir", str(out_dir), *extra]
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(events), *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (wav_file,) = out_dir.iterdir()
+    with open(events) as f:
+        return json.load(f), soundfile.read(wav_file)[0]
+
+
+def _entries(directory) -> set[str]:
+    return set(os.listdir(directory)) if os.path.isdir(directory) else set()
+
+
+def test_a_second_cli_run_compiles_nothing(tmp_path):
+    xla = tmp_path / "root" / compilation_cache.SUBDIR  # the default: <cache root>/xla
+    first, wav1 = _generate(tmp_path, "first", None)
+    written = _entries(xla)
+    assert first.get(MISS, 0) > 0 and first.get(HIT, 0) == 0
+    # Every program compiled was written (no Python callback in any of them, progress included).
+    assert len(written) >= first[MISS] and first[COMPILE] == first[MISS]
+
+    second, wav2 = _generate(tmp_path, "second", None)
+    assert second.get(MISS, 0) == 0, second
+    assert second[HIT] == second[COMPILE] > 0  # every compile request was a cache hit
+    assert _entries(xla) == written  # nothing new to write
+    np.testing.assert_array_equal(wav1, wav2)
+
+    # Turned off, nothing is read or written; moved, it goes where the variable says.
+    off, _ = _generate(tmp_path, "off", str(tmp_path / "moved"), "--no-compilation-cache")
+    assert off.get(HIT, 0) == off.get(MISS, 0) == 0 and off[COMPILE] > 0
+    assert not (tmp_path / "moved").exists() and _entries(xla) == written
+
+
+def test_default_directory(monkeypatch, tmp_path):
+    monkeypatch.delenv(compilation_cache.ENV, raising=False)
+    assert compilation_cache.default_directory("/r") == os.path.join("/r", "xla")
+    for off in ("0", "off", "OFF", "false", "none", ""):
+        monkeypatch.setenv(compilation_cache.ENV, off)
+        assert compilation_cache.default_directory("/r") is None
+    monkeypatch.setenv(compilation_cache.ENV, str(tmp_path / "x"))
+    assert compilation_cache.default_directory("/r") == str(tmp_path / "x")
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--compilation-cache", "c", "--no-compilation-cache"], "not both"),
+        (["--compilation-cache", __file__], "is not a directory"),
+    ],
+)
+def test_bad_cache_options(tmp_path, capsys, extra, match):
+    argv = ["dog", "--model", "tiny-random", "--out-dir", str(tmp_path / "o"), *extra]
+    assert cli.generate_main(argv) == 2
+    assert match in capsys.readouterr().err
