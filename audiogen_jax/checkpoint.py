@@ -162,7 +162,10 @@ def load_module(
     """Builds the module from its factory's shapes and fills every parameter from a weights file.
 
     Tensors are read one at a time and placed on the default device, so peak host memory stays near
-    the size of the largest tensor plus the model itself.
+    the size of the largest tensor plus the model itself. Each tensor is copied once, from the file
+    into an aligned buffer that a CPU device then adopts as it is (`jax.device_put`; `jnp.asarray`
+    would copy it again, through a small compiled program per shape); only a tensor held in another
+    dtype or transposed (`transposed`) is rewritten once more.
 
     Args:
       factory: builds the module (called under `nnx.eval_shape`, so it costs nothing).
@@ -197,7 +200,7 @@ def load_module(
             arr = f.read(key)
         except FormatError as e:
             raise CheckpointError(f"{e}; the file looks incomplete: convert it again") from e
-        value = jnp.asarray(arr)
+        value = jax.device_put(arr)
         del arr
         cast = dtype is not None and jnp.issubdtype(value.dtype, jnp.floating)
         if transposed(key) or (cast and value.dtype != dtype):

@@ -104,3 +104,35 @@ def test_bad_cache_options(tmp_path, capsys, extra, match):
     argv = ["dog", "--model", "tiny-random", "--out-dir", str(tmp_path / "o"), *extra]
     assert cli.generate_main(argv) == 2
     assert match in capsys.readouterr().err
+
+
+def test_loading_adopts_each_read_buffer_and_compiles_nothing(tmp_path):
+    # A float32 LM is held as it is stored: each tensor is read once into an aligned buffer, which
+    # the CPU device adopts without a copy (and without the small program `jnp.asarray` compiles
+    # for every new shape).
+    import jax
+    from flax import nnx
+
+    from audiogen_jax.config import LMConfig
+    from audiogen_jax.io import safetensors
+    from audiogen_jax.lm import LMModel
+
+    LMModel(LMConfig.tiny(), rngs=nnx.Rngs(0)).save_pretrained(tmp_path)
+    f = safetensors.SafetensorsFile(tmp_path / "lm.safetensors")
+    for name in f:
+        arr = f.read(name)
+        assert arr.ctypes.data % 64 == 0
+        assert jax.device_put(arr).unsafe_buffer_pointer() == arr.ctypes.data, name
+    compiled = []
+
+    def listen(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(kwargs.get("fun_name"))
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        lm = LMModel.from_pretrained(tmp_path)
+        jax.block_until_ready(jax.tree.leaves(nnx.state(lm)))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert compiled == []

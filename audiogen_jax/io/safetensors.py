@@ -61,6 +61,16 @@ class StoredTensor:
         return self.file.read(self.name)
 
 
+_ALIGN = 64  # bytes; what XLA:CPU asks of a host buffer it adopts without copying
+
+
+def _aligned_bytes(n: int) -> np.ndarray:
+    """An uninitialised uint8 array of n bytes whose data starts on a 64-byte boundary."""
+    raw = np.empty(n + _ALIGN, np.uint8)
+    start = -raw.ctypes.data % _ALIGN
+    return raw[start : start + n]
+
+
 class SafetensorsFile(Mapping):
     """A safetensors file opened for lazy reading: {name: StoredTensor}, and its `metadata`.
 
@@ -105,9 +115,11 @@ class SafetensorsFile(Mapping):
         return len(self._tensors)
 
     def read(self, name: str) -> np.ndarray:
-        """The tensor `name` as a numpy array (plain reads, no memory map)."""
+        """The tensor `name` as a numpy array (plain reads, no memory map), its data 64-byte
+        aligned: JAX's CPU backend then uses the buffer as it is (`jax.device_put` copies an
+        unaligned one)."""
         t = self._tensors[name]
-        buf = np.empty(t.nbytes, np.uint8)
+        buf = _aligned_bytes(t.nbytes)
         view, done = memoryview(buf), 0
         with open(self.path, "rb") as f:
             f.seek(t.start)
