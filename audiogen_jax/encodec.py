@@ -476,7 +476,7 @@ class EncodecModel(nnx.Module):
         `compression.safetensors`)."""
         cfg = EncodecConfig.from_dict(checkpoint.read_config(directory, "compression"))
         path = os.path.join(directory, checkpoint.WEIGHT_FILES["compression"])
-        return checkpoint.load_module(lambda: cls(cfg, rngs=nnx.Rngs(0)), path)
+        return checkpoint.load_module(lambda: cls(cfg, rngs=checkpoint.SHAPE_ONLY_RNGS), path)
 
     @property
     def sample_rate(self) -> int:

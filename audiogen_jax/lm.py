@@ -433,7 +433,9 @@ class LMModel(nnx.Module):
         read_dtype = file_dtype if target == jnp.int8 else target
         layout = kernel_layout(target)
         lm = checkpoint.load_module(
-            lambda: cls(cfg, rngs=nnx.Rngs(0), param_dtype=read_dtype, layout=layout),
+            lambda: cls(
+                cfg, rngs=checkpoint.SHAPE_ONLY_RNGS, param_dtype=read_dtype, layout=layout
+            ),
             path,
             dtype=read_dtype,
             transposed=lambda key: layout != DISK_LAYOUT and key.endswith(".kernel"),
@@ -468,7 +470,9 @@ class LMModel(nnx.Module):
         dtype = _check_dtype(dtype)
         if self.dtype == jnp.int8:
             raise ValueError("an int8 model cannot be converted back; load the float weights again")
-        new = nnx.eval_shape(lambda: LMModel(self.config, rngs=nnx.Rngs(0), param_dtype=dtype))
+        new = checkpoint.abstract_module(
+            lambda: LMModel(self.config, rngs=checkpoint.SHAPE_ONLY_RNGS, param_dtype=dtype)
+        )
         graphdef, new_state = nnx.split(new)
         old = dict(nnx.to_flat_state(nnx.state(self)))
         old_layout = {p: m.layout for p, m in nnx.iter_modules(self) if isinstance(m, Linear)}

@@ -469,15 +469,17 @@ class T5Conditioner(nnx.Module):
             )
         out_dim = int(cond["output_dim"])
         t5 = checkpoint.load_module(
-            lambda: T5EncoderModel(cfg, rngs=nnx.Rngs(0)),
+            lambda: T5EncoderModel(cfg, rngs=checkpoint.SHAPE_ONLY_RNGS),
             os.path.join(directory, checkpoint.WEIGHT_FILES["t5"]),
         )
         proj = checkpoint.load_module(
-            lambda: _linear(cfg.d_model, out_dim, None, nnx.Rngs(0), use_bias=True),
+            lambda: _linear(cfg.d_model, out_dim, None, checkpoint.SHAPE_ONLY_RNGS, use_bias=True),
             os.path.join(directory, CONDITIONER_FILE),
         )
-        model = nnx.eval_shape(
-            lambda: cls(cfg, out_dim, rngs=nnx.Rngs(0), name=cond.get("name", "t5-large"))
+        model = checkpoint.abstract_module(
+            lambda: cls(
+                cfg, out_dim, rngs=checkpoint.SHAPE_ONLY_RNGS, name=cond.get("name", "t5-large")
+            )
         )
         model.t5, model.output_proj = t5, proj
         if with_tokenizer:
