@@ -182,11 +182,16 @@ def load_module(
 ) -> M:
     """Builds the module from its factory's shapes and fills every parameter from a weights file.
 
-    Tensors are read one at a time and placed on the default device, so peak host memory stays near
-    the size of the largest tensor plus the model itself. Each tensor is copied once, from the file
-    into an aligned buffer that a CPU device then adopts as it is (`jax.device_put`; `jnp.asarray`
-    would copy it again, through a small compiled program per shape); only a tensor held in another
-    dtype or transposed (`transposed`) is rewritten once more.
+    Every tensor is memory-mapped (`SafetensorsFile.map`) and placed with `jax.device_put`. One
+    held exactly as stored needs no copy at all on a CPU device: the weights are the file's pages
+    in the page cache, shared with any other process using the same file, and loading costs little
+    more than mapping them. One held in another dtype or transposed (`transposed`) is laid out once
+    into a new buffer, straight from its own mapping, which is then released; so peak host memory
+    stays near the model plus its largest tensor. (Reading into a fresh buffer first cost more than
+    the layout: the kernel zeroes and maps each new page, ~0.7 GB/s here, against ~0.2 s to map
+    3.7 GB already in the page cache. `jnp.asarray` would copy each tensor once more, through a
+    small compiled program per shape.) A file whose data section is not 64-byte aligned (written
+    before the writer aligned it) is copied once as it is placed: same values, slower.
 
     Args:
       factory: builds the module (called under `nnx.eval_shape`, so it costs nothing).
@@ -217,15 +222,20 @@ def load_module(
         raise CheckpointError(f"{weights_path} does not match its config:\n  " + "\n  ".join(lines))
     for path, var in flat:
         key = path_key(path)
+        stored = f[key].dtype
+        cast = dtype is not None and jnp.issubdtype(stored, jnp.floating) and stored != dtype
+        as_stored = not (transposed(key) or cast)
+        in_place = as_stored and f.mappable(key)
         try:
-            arr = f.read(key)
+            arr = f.map(key, own=not in_place)
         except FormatError as e:
             raise CheckpointError(f"{e}; the file looks incomplete: convert it again") from e
         value = jax.device_put(arr)
-        del arr
-        cast = dtype is not None and jnp.issubdtype(value.dtype, jnp.floating)
-        if transposed(key) or (cast and value.dtype != dtype):
+        if not as_stored:
             value = _relayout(value, transposed(key), jnp.dtype(dtype) if cast else value.dtype)
+        if not in_place:
+            value.block_until_ready()  # done with the tensor's own mapping: release it
+        del arr
         var.set_value(value)
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
 

@@ -5,9 +5,13 @@ The format (huggingface/safetensors): an 8-byte little-endian header length N, N
 then the data section, which the offsets index from its start.
 
 Why not the `safetensors` package: its numpy API knows no bfloat16, reads whole files at once, and
-memory-maps them (the mapped pages count in the process's memory until the file is closed, which
-made loading peak at twice the model's size). Here a tensor is read with plain reads when asked
-for, and written as soon as a conversion has produced it, so peak memory stays near one tensor.
+memory-maps them and copies from the map (the mapped pages count in the process's memory until the
+file is closed, which made loading peak at twice the model's size). Here a tensor is either read
+with plain reads when asked for (`read`), or, when it is to be used exactly as stored, mapped and
+used in place (`map`: no copy at all; the pages are the page cache's, shared by every process that
+maps the file). Tensors are written as soon as a conversion has produced it, so peak memory stays
+near one tensor; the writer starts the data section on a 64-byte boundary so that mapped tensors
+can be used in place (XLA:CPU adopts host memory aligned to 64 bytes without copying it).
 """
 
 from __future__ import annotations
@@ -61,13 +65,13 @@ class StoredTensor:
         return self.file.read(self.name)
 
 
-_ALIGN = 64  # bytes; what XLA:CPU asks of a host buffer it adopts without copying
+ALIGN = 64  # bytes; what XLA:CPU asks of a host buffer it adopts without copying
 
 
 def _aligned_bytes(n: int) -> np.ndarray:
     """An uninitialised uint8 array of n bytes whose data starts on a 64-byte boundary."""
-    raw = np.empty(n + _ALIGN, np.uint8)
-    start = -raw.ctypes.data % _ALIGN
+    raw = np.empty(n + ALIGN, np.uint8)
+    start = -raw.ctypes.data % ALIGN
     return raw[start : start + n]
 
 
@@ -95,6 +99,7 @@ class SafetensorsFile(Mapping):
             raise FormatError(f"{self.path}: not a safetensors file (header is not a JSON object)")
         self.metadata: dict[str, str] = header.pop(METADATA, None) or {}
         data_start = 8 + n
+        self._map: np.memmap | None = None
         self._tensors: dict[str, StoredTensor] = {}
         for name, info in header.items():
             dtype = DTYPES.get(info.get("dtype"))
@@ -113,6 +118,32 @@ class SafetensorsFile(Mapping):
 
     def __len__(self) -> int:
         return len(self._tensors)
+
+    def mappable(self, name: str) -> bool:
+        """Whether `map(name)` gives memory XLA:CPU can use in place (its offset is 64-aligned)."""
+        return self._tensors[name].start % ALIGN == 0
+
+    def map(self, name: str, *, own: bool = False) -> np.ndarray:
+        """The tensor `name` as a copy-on-write view of the memory-mapped file: nothing is read
+        until it is used, and writes (e.g. a buffer donated to a jitted update) stay private.
+
+        Args:
+          name: the tensor.
+          own: map the tensor alone, released with the view (to read it once, e.g. to lay it out
+            anew: its pages then stop counting in the process's memory); default: a view of one
+            mapping of the whole file, which lives as long as any such view.
+
+        The file must not be truncated or rewritten in place while a view lives (files are only
+        ever replaced by renaming here, which leaves a mapped file intact).
+        """
+        t = self._tensors[name]
+        if t.start + t.nbytes > os.path.getsize(self.path):
+            raise FormatError(f"{self.path}: {name}: the file ends before this tensor")
+        if own:
+            return np.memmap(self.path, t.dtype, mode="c", offset=t.start, shape=t.shape)
+        if self._map is None:
+            self._map = np.memmap(self.path, np.uint8, mode="c")
+        return self._map[t.start : t.start + t.nbytes].view(t.dtype).reshape(t.shape)
 
     def read(self, name: str) -> np.ndarray:
         """The tensor `name` as a numpy array (plain reads, no memory map), its data 64-byte
@@ -166,7 +197,9 @@ class SafetensorsWriter:
         if metadata:
             header[METADATA] = dict(metadata)
         blob = json.dumps(header, separators=(",", ":")).encode()
-        blob += b" " * (-len(blob) % 8)  # the data section starts 8-aligned, as the format advises
+        # The data section starts 64-aligned (the format asks for 8): tensors whose offsets are
+        # multiples of 64 can then be mapped and used in place (`SafetensorsFile.map`).
+        blob += b" " * (-(8 + len(blob)) % ALIGN)
         self._data_start = 8 + len(blob)
         self._tmp = self.path + ".partial"
         self._f = open(self._tmp, "wb")
