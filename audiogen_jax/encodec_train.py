@@ -119,8 +119,16 @@ def mel_spectrogram(
     n_frames = math.ceil((length - n_fft) / hop) + 1
     x_BW = jnp.pad(x_BW, ((0, 0), (0, (n_frames - 1) * hop + n_fft - length)))
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
-    idx = np.arange(n_frames)[:, None] * hop + np.arange(n_fft)[None, :]
-    frames_BNW = x_BW[:, idx] * window.astype(np.float32)
+    if n_fft % hop == 0:
+        # Frames from hop-sized blocks: slices and a concatenation, cheaper to differentiate than
+        # a gather (whose gradient is a scatter).
+        blocks = x_BW[:, : (n_frames - 1 + n_fft // hop) * hop].reshape(x_BW.shape[0], -1, hop)
+        frames_BNW = jnp.concatenate(
+            [blocks[:, i : i + n_frames] for i in range(n_fft // hop)], axis=-1
+        )
+    else:
+        frames_BNW = x_BW[:, np.arange(n_frames)[:, None] * hop + np.arange(n_fft)[None, :]]
+    frames_BNW = frames_BNW * window.astype(np.float32)
     power_BNF = jnp.abs(jnp.fft.rfft(frames_BNW, axis=-1)) ** 2
     if normalized:
         power_BNF = power_BNF / float(np.sum(window**2))
@@ -136,21 +144,14 @@ def multiscale_mel_loss(
     loss, total = 0.0, 0.0
     for i in range(cfg.range_start, cfg.range_end):
         n_fft = 2**i
-        common = dict(
-            f_min=cfg.f_min,
-            f_max=cfg.f_max,
-            normalized=cfg.normalized,
-            floor_level=cfg.floor_level,
-        )
-        spec = [
-            mel_spectrogram(v, sample_rate, n_fft, n_fft // 4, cfg.n_mels, log=log, **common)
-            for log in (False, True)
+        common = dict(f_min=cfg.f_min, f_max=cfg.f_max, normalized=cfg.normalized)
+        mel_x, mel_y = (
+            mel_spectrogram(v, sample_rate, n_fft, n_fft // 4, cfg.n_mels, log=False, **common)
             for v in (x_BW, y_BW)
-        ]
-        alpha = math.sqrt(n_fft - 1) if cfg.alphas else 1.0
-        loss = (
-            loss + jnp.mean(jnp.abs(spec[0] - spec[1])) + alpha * jnp.mean((spec[2] - spec[3]) ** 2)
         )
+        log_x, log_y = (jnp.log10(cfg.floor_level + m) for m in (mel_x, mel_y))
+        alpha = math.sqrt(n_fft - 1) if cfg.alphas else 1.0
+        loss = loss + jnp.mean(jnp.abs(mel_x - mel_y)) + alpha * jnp.mean((log_x - log_y) ** 2)
         total += alpha + 1
     return loss / total if cfg.normalized else loss
 

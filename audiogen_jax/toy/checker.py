@@ -1,18 +1,20 @@
 """The checker: reads the toy world's properties back from a waveform, with plain signal processing.
 
-    wav -> energy envelope -> events (runs of loud frames) -> per event: click? noise? tone?
+    wav -> energy envelope -> events (loud runs split at deep dips) -> per event: click? noise?
         -> tones: pitch track -> chirp (glide >= CHIRP_MIN_OCTAVES, up or down) or beep (low / high)
 
 It is how the toy model is graded: a generated clip is read by `read`, compared with the scene its
 caption describes by `score`, and the per-property hit rates are the model's quality numbers
 (source type, pitch class, sweep direction, event count, order). It knows the world's ranges (8 kHz
 audio, beeps below 400 Hz or above 1.6 kHz, glides of more than an octave) but nothing about any
-model, and its thresholds sit between the world's ranges, not at their edges:
+model. Its thresholds sit between the world's ranges, and its event finder tolerates what a codec
+does to silence (a faint smear of the neighbouring sounds, 20-30 dB down, instead of zeros):
 
-    event:  frames within EVENT_DB of the loudest, gaps shorter than MERGE_SECONDS bridged,
-            runs quieter than KEEP_DB below the loudest dropped (codec hum, not sounds)
+    events: runs of frames within EVENT_DB of the loudest; two runs are one event unless the
+            envelope between them dips DIP_DB below the quieter run's peak
+    length: how long an event stays within LENGTH_DB of its own peak
     click:  shorter than CLICK_SECONDS (a click lasts 4 ms; the shortest burst 60 ms)
-    noise:  median spectral flatness above NOISE_FLATNESS (white noise ~0.5, a tone ~0.01);
+    noise:  median spectral flatness above NOISE_FLATNESS (white noise ~0.55, a tone ~0.001);
             a hiss if longer than HISS_SECONDS (hisses >= 0.28 s, bursts <= 0.12 s)
     chirp:  the pitch track's fitted glide exceeds CHIRP_MIN_OCTAVES (chirps glide >= 1.2)
     beep:   low if its median pitch is below PITCH_SPLIT_HZ (the geometric middle of 400 and 1600)
@@ -28,11 +30,11 @@ from audiogen_jax.toy.world import SAMPLE_RATE, Event, Scene
 
 WINDOW_SECONDS = 0.008  # energy envelope window
 HOP_SECONDS = 0.002  # energy envelope hop
-EVENT_DB = 35.0
-KEEP_DB = 25.0
-MERGE_SECONDS = 0.04
+EVENT_DB = 20.0
+DIP_DB = 12.0
+LENGTH_DB = 15.0
 CLICK_SECONDS = 0.035
-NOISE_FLATNESS = 0.2
+NOISE_FLATNESS = 0.35
 HISS_SECONDS = 0.2
 CHIRP_MIN_OCTAVES = 0.6
 PITCH_SPLIT_HZ = 800.0
@@ -57,27 +59,55 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
 
 
-def find_events(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> list[tuple[int, int]]:
-    """Sample ranges [start, end) of the sound events in `wav` [W], in time order."""
+def _envelope(wav: np.ndarray, sample_rate: int) -> tuple[np.ndarray, int, int]:
     window, hop = int(WINDOW_SECONDS * sample_rate), int(HOP_SECONDS * sample_rate)
-    if len(wav) < window:
+    return _frame_energy_db(wav, window, hop), window, hop
+
+
+def find_events(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> list[tuple[int, int]]:
+    """Sample ranges [start, end) of the sound events in `wav` [W], in time order.
+
+    Each range reaches halfway into the quiet between its event and the next, so it holds the
+    event's whole envelope; `event_length` measures the event inside it.
+    """
+    if len(wav) < int(WINDOW_SECONDS * sample_rate):
         return []
-    db = _frame_energy_db(wav, window, hop)
-    loudest = db.max()
-    if loudest < -80:  # silence
+    db, window, hop = _envelope(wav, sample_rate)
+    if db.max() < -80:  # silence
         return []
-    runs = _runs(db > loudest - EVENT_DB)
-    merged: list[list[int]] = []
-    for start, end in runs:
-        if merged and (start - merged[-1][1]) * hop < MERGE_SECONDS * sample_rate:
-            merged[-1][1] = end
+    runs = [list(r) for r in _runs(db > db.max() - EVENT_DB)]
+    merged = [runs[0]]
+    for start, end in runs[1:]:
+        prev = merged[-1]
+        quieter = min(db[prev[0] : prev[1]].max(), db[start:end].max())
+        if db[prev[1] : start].min() > quieter - DIP_DB:
+            prev[1] = end
         else:
             merged.append([start, end])
+    # Split the quiet between neighbours at its quietest frame.
+    cuts = [0]
+    for (_, end), (start, _) in zip(merged, merged[1:], strict=False):
+        cuts.append(end + int(np.argmin(db[end:start])))
+    cuts.append(len(db))
     return [
-        (start * hop, (end - 1) * hop + window)
-        for start, end in merged
-        if db[start:end].max() > loudest - KEEP_DB
+        (a * hop, min((b - 1) * hop + window, len(wav)))
+        for a, b in zip(cuts, cuts[1:], strict=False)
     ]
+
+
+def event_length(x: np.ndarray, sample_rate: int = SAMPLE_RATE) -> tuple[float, int, int]:
+    """(seconds, first, end sample) of the span around the loudest frame within LENGTH_DB of it."""
+    db, window, hop = _envelope(x, sample_rate)
+    if len(db) == 0:
+        return len(x) / sample_rate, 0, len(x)
+    k = int(np.argmax(db))
+    inside = db > db[k] - LENGTH_DB
+    first, last = k, k
+    while first > 0 and inside[first - 1]:
+        first -= 1
+    while last < len(db) - 1 and inside[last + 1]:
+        last += 1
+    return ((last - first) * hop + window) / sample_rate, first * hop, last * hop + window
 
 
 def _spectra(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -91,17 +121,18 @@ def _spectra(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def classify(x: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Event:
-    """The kind of one event's samples `x` [W] (as cut by `find_events`)."""
-    if len(x) < CLICK_SECONDS * sample_rate:
+    """The kind of one event from its samples `x` [W] (a range cut by `find_events`)."""
+    seconds, first, last = event_length(x, sample_rate)
+    if seconds < CLICK_SECONDS:
         return Event("click")
-    power, frame_db = _spectra(x)
+    power, frame_db = _spectra(x[first:last])
     loud = frame_db > frame_db.max() - 10  # the event's body, not its fades
     freqs = np.fft.rfftfreq(N_FFT, 1 / sample_rate)
     band = (freqs >= BAND_HZ[0]) & (freqs <= BAND_HZ[1])
     p = power[loud][:, band] + 1e-12
     flatness = np.exp(np.mean(np.log(p), axis=-1)) / np.mean(p, axis=-1)
     if np.median(flatness) > NOISE_FLATNESS:
-        return Event("noise", texture="hiss" if len(x) > HISS_SECONDS * sample_rate else "burst")
+        return Event("noise", texture="hiss" if seconds > HISS_SECONDS else "burst")
     # Pitch track: each loud frame's peak bin, refined by a parabola through the log powers.
     log_p = np.log(p)
     k = np.clip(np.argmax(log_p, axis=-1), 1, log_p.shape[1] - 2)
