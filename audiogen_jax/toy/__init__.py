@@ -7,3 +7,8 @@
 
 Everything here is deterministic from a seed and runs on a laptop CPU.
 """
+
+import os
+
+# The shipped toy model: a converted directory inside the package.
+WEIGHTS = os.path.join(os.path.dirname(__file__), "weights")

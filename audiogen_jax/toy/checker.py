@@ -11,12 +11,15 @@ model. Its thresholds sit between the world's ranges, and its event finder toler
 does to silence (a faint smear of the neighbouring sounds, 20-30 dB down, instead of zeros):
 
     events: runs of frames within EVENT_DB of the loudest; two runs are one event unless the
-            envelope between them dips DIP_DB below the quieter run's peak
+            envelope between them stays DIP_DB below the quieter run's peak for GAP_SECONDS (the
+            world's gaps last >= 100 ms; through the toy codec they stay 16 dB down for >= 56 ms,
+            while its chirps and beeps never dip that far for longer than 46 ms)
     length: how long an event stays within LENGTH_DB of its own peak
     click:  shorter than CLICK_SECONDS (a click lasts 4 ms; the shortest burst 60 ms)
     noise:  median spectral flatness above NOISE_FLATNESS (white noise ~0.55, a tone ~0.001);
             a hiss if longer than HISS_SECONDS (hisses >= 0.28 s, bursts <= 0.12 s)
-    chirp:  the pitch track's fitted glide exceeds CHIRP_MIN_OCTAVES (chirps glide >= 1.2)
+    chirp:  the glide of the pitch track (frames within TRACK_DB of the peak; Theil-Sen line)
+            exceeds CHIRP_MIN_OCTAVES (chirps glide >= 1.2)
     beep:   low if its median pitch is below PITCH_SPLIT_HZ (the geometric middle of 400 and 1600)
 """
 
@@ -31,8 +34,11 @@ from audiogen_jax.toy.world import SAMPLE_RATE, Event, Scene
 WINDOW_SECONDS = 0.008  # energy envelope window
 HOP_SECONDS = 0.002  # energy envelope hop
 EVENT_DB = 20.0
-DIP_DB = 12.0
+DIP_DB = 16.0
+GAP_SECONDS = 0.05
 LENGTH_DB = 15.0
+TRACK_DB = 20.0
+SUBHARMONIC_DB = 20.0
 CLICK_SECONDS = 0.035
 NOISE_FLATNESS = 0.35
 HISS_SECONDS = 0.2
@@ -80,7 +86,8 @@ def find_events(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> list[tuple[i
     for start, end in runs[1:]:
         prev = merged[-1]
         quieter = min(db[prev[0] : prev[1]].max(), db[start:end].max())
-        if db[prev[1] : start].min() > quieter - DIP_DB:
+        quiet = _runs(db[prev[1] : start] < quieter - DIP_DB)
+        if max((b - a for a, b in quiet), default=0) * hop < GAP_SECONDS * sample_rate:
             prev[1] = end
         else:
             merged.append([start, end])
@@ -95,11 +102,11 @@ def find_events(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> list[tuple[i
     ]
 
 
-def event_length(x: np.ndarray, sample_rate: int = SAMPLE_RATE) -> tuple[float, int, int]:
-    """(seconds, first, end sample) of the span around the loudest frame within LENGTH_DB of it."""
+def event_length(x: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:
+    """Seconds the envelope of `x` stays within LENGTH_DB of its loudest frame, around it."""
     db, window, hop = _envelope(x, sample_rate)
     if len(db) == 0:
-        return len(x) / sample_rate, 0, len(x)
+        return len(x) / sample_rate
     k = int(np.argmax(db))
     inside = db > db[k] - LENGTH_DB
     first, last = k, k
@@ -107,7 +114,7 @@ def event_length(x: np.ndarray, sample_rate: int = SAMPLE_RATE) -> tuple[float, 
         first -= 1
     while last < len(db) - 1 and inside[last + 1]:
         last += 1
-    return ((last - first) * hop + window) / sample_rate, first * hop, last * hop + window
+    return ((last - first) * hop + window) / sample_rate
 
 
 def _spectra(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -120,29 +127,58 @@ def _spectra(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return power, 10 * np.log10(power.sum(-1) + 1e-12)
 
 
+def _pitch_track(log_p: np.ndarray, band: np.ndarray, bin_hz: float) -> np.ndarray:
+    """Each frame's fundamental in Hz from log power spectra [frames, bins], inside `band`.
+
+    The strongest bin, moved down to a half or a third of its frequency when that partial is within
+    SUBHARMONIC_DB of it (a codec may render a low beep's overtone louder than the beep itself),
+    then refined by a parabola through the log powers around it.
+    """
+    rows = np.arange(len(log_p))
+    k = np.argmax(np.where(band, log_p, -np.inf), axis=-1)
+    lowest = int(np.flatnonzero(band)[0])
+    for divisor in (2, 3):
+        sub = np.round(k / divisor).astype(int)
+        near = np.stack([log_p[rows, np.clip(sub + d, 0, None)] for d in (-1, 0, 1)])
+        strong = (near.max(0) > log_p[rows, k] - SUBHARMONIC_DB * np.log(10) / 10) & (sub > lowest)
+        k = np.where(strong, sub + near.argmax(0) - 1, k)
+    k = np.clip(k, 1, log_p.shape[1] - 2)
+    left, mid, right = log_p[rows, k - 1], log_p[rows, k], log_p[rows, k + 1]
+    offset = 0.5 * (left - right) / np.minimum(left - 2 * mid + right, -1e-9)
+    return (k + np.clip(offset, -0.5, 0.5)) * bin_hz
+
+
+def _glide(t: np.ndarray, octaves: np.ndarray) -> float:
+    """Octaves covered from the first to the last time of a track, along its Theil-Sen line.
+
+    The slope is the median of the pairwise slopes, so a few frames tracked an octave off (an
+    onset's smeared spectrum, an overtone) do not tilt it.
+    """
+    if len(t) < 2:
+        return 0.0
+    i, j = np.triu_indices(len(t), k=1)
+    return float(np.median((octaves[j] - octaves[i]) / (t[j] - t[i])) * (t[-1] - t[0]))
+
+
 def classify(x: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Event:
     """The kind of one event from its samples `x` [W] (a range cut by `find_events`)."""
-    seconds, first, last = event_length(x, sample_rate)
+    seconds = event_length(x, sample_rate)
     if seconds < CLICK_SECONDS:
         return Event("click")
-    power, frame_db = _spectra(x[first:last])
-    loud = frame_db > frame_db.max() - 10  # the event's body, not its fades
+    power, frame_db = _spectra(x)
     freqs = np.fft.rfftfreq(N_FFT, 1 / sample_rate)
     band = (freqs >= BAND_HZ[0]) & (freqs <= BAND_HZ[1])
-    p = power[loud][:, band] + 1e-12
+    body = frame_db > frame_db.max() - 10  # the event's loudest part, not its fades
+    p = power[body][:, band] + 1e-12
     flatness = np.exp(np.mean(np.log(p), axis=-1)) / np.mean(p, axis=-1)
     if np.median(flatness) > NOISE_FLATNESS:
         return Event("noise", texture="hiss" if seconds > HISS_SECONDS else "burst")
-    # Pitch track: each loud frame's peak bin, refined by a parabola through the log powers.
-    log_p = np.log(p)
-    k = np.clip(np.argmax(log_p, axis=-1), 1, log_p.shape[1] - 2)
-    rows = np.arange(len(k))
-    left, mid, right = log_p[rows, k - 1], log_p[rows, k], log_p[rows, k + 1]
-    offset = 0.5 * (left - right) / np.minimum(left - 2 * mid + right, -1e-9)
-    hz = freqs[band][0] + (k + offset) * (freqs[1] - freqs[0])
+    # The pitch track covers every frame within TRACK_DB of the peak: a codec may render one end
+    # of a glide much quieter than the other.
+    loud = frame_db > frame_db.max() - TRACK_DB
+    hz = _pitch_track(np.log(power[loud] + 1e-12), band, freqs[1])
     t = np.flatnonzero(loud) * FFT_HOP / sample_rate
-    octaves = np.log2(np.maximum(hz, 1.0))
-    glide = np.polyfit(t, octaves, 1)[0] * (t[-1] - t[0]) if len(t) > 1 else 0.0
+    glide = _glide(t, np.log2(np.maximum(hz, 1.0)))
     if abs(glide) >= CHIRP_MIN_OCTAVES:
         return Event("chirp", direction="rising" if glide > 0 else "falling")
     return Event("beep", pitch="low" if np.median(hz) < PITCH_SPLIT_HZ else "high")
