@@ -42,7 +42,10 @@ def reference():
 
 @pytest.fixture(scope="session")
 def spiece_dir(tmp_path_factory):
-    """A directory holding a small T5-layout `spiece.model` (8000 pieces; 8100 ids with T5's extra ids)."""
+    """A directory holding a small T5-layout `spiece.model`.
+
+    8000 pieces; 8100 ids with T5's extra ids.
+    """
     from spm_util import make_spiece_dir
 
     return make_spiece_dir(tmp_path_factory.mktemp("spiece"))
