@@ -30,6 +30,7 @@ def torch(reference):
     return torch
 
 
+@pytest.mark.parity
 def test_restricted_unpickler_reads_tensors_like_torch(tmp_path, torch):
     g = torch.Generator().manual_seed(0)
     base = torch.randn(6, 5, generator=g)
@@ -76,6 +77,7 @@ def test_not_a_checkpoint(tmp_path):
         load_audiocraft_package(tmp_path / "missing.bin", "compression")
 
 
+@pytest.mark.parity
 def test_package_without_best_state(tmp_path, torch):
     p = tmp_path / "plain.bin"
     torch.save({"weight": torch.zeros(2)}, p)
