@@ -13,9 +13,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.parity
 def test_bench_generate_tiny(reference, tmp_path):
     out = tmp_path / "bench.json"
     duration = 0.2  # 10 frames at 50 Hz -> 13 decoding steps with delays [0, 1, 2, 3]
