@@ -282,7 +282,7 @@ def export(run_dir: str, model_dir: str, lm, output_proj, out_dir: str | None = 
     shutil.copytree(model_dir, tmp)
     try:
         lm = lora.merge_lora(lm)
-        checkpoint.save_module(lm, os.path.join(tmp, checkpoint.WEIGHT_FILES["lm"]))
+        lm.save_pretrained(tmp)  # the on-disk kernel layout, whatever the runtime one
         checkpoint.save_module(output_proj, os.path.join(tmp, t5.CONDITIONER_FILE))
         shutil.rmtree(out_dir, ignore_errors=True)
         os.replace(tmp, out_dir)
