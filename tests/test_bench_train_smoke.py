@@ -11,9 +11,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.parity
 def test_bench_train_smoke(reference, tmp_path):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, "benchmarks/bench_train.py", "--smoke", "--steps", "1"]
