@@ -297,7 +297,7 @@ def export(run_dir: str, model_dir: str, lm, output_proj, out_dir: str | None = 
     with checkpoint.writing(out_dir) as tmp:  # swapped in whole, with a new manifest
         shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
         lm = lora.merge_lora(lm)
-        checkpoint.save_module(lm, os.path.join(tmp, checkpoint.WEIGHT_FILES["lm"]))
+        lm.save_pretrained(tmp)  # the on-disk kernel layout, whatever the runtime one
         checkpoint.save_module(output_proj, os.path.join(tmp, t5.CONDITIONER_FILE))
     return out_dir
 

@@ -235,6 +235,7 @@ def release_files(reference, tmp_path_factory):
     return files, bundle.t5_name
 
 
+@pytest.mark.parity
 def test_hub_download_converts_once_then_uses_the_cache(
     release_files, tmp_path, monkeypatch, hub_reachable
 ):
@@ -271,6 +272,7 @@ def test_hub_download_converts_once_then_uses_the_cache(
     assert len(conversions) == 2 and checkpoint.read_config(cached)["version"] == checkpoint.VERSION
 
 
+@pytest.mark.parity
 def test_hub_offline_and_corrupt(release_files, tmp_path, monkeypatch):
     import huggingface_hub
 
