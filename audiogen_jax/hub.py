@@ -105,6 +105,8 @@ def download(repo_id: str, filename: str) -> str | None:
 
     try:
         return huggingface_hub.hf_hub_download(repo_id, filename, local_files_only=True)
+    except RemoteEntryNotFoundError:
+        return None  # known not to exist in the repository
     except Exception:  # noqa: BLE001 - not cached (or an unreadable cache entry): try the network
         pass
     reason = unreachable_reason()
