@@ -104,6 +104,11 @@ def _check_convert_args(args: argparse.Namespace) -> None:
 
 
 def convert_main(argv: list[str] | None = None) -> int:
+    """`audiogen-jax convert` (and `convert_weights.py`): the exit status; failures are one line."""
+    return _run(_convert, argv)
+
+
+def _convert(argv: list[str]) -> int:
     args = _convert_parser().parse_args(argv)
     try:
         _check_convert_args(args)
@@ -353,6 +358,11 @@ def _check_against_model(args: argparse.Namespace, prompt) -> None:
 
 
 def generate_main(argv: list[str] | None = None) -> int:
+    """`audiogen-jax generate`: the exit status; failures are one line."""
+    return _run(_generate, argv)
+
+
+def _generate(argv: list[str]) -> int:
     args = _generate_parser().parse_args(argv)
     if hub.looks_like_hub_id(args.model) and not os.path.exists(args.model):
         # Before JAX is even imported: offline, say so in well under two seconds.
@@ -426,10 +436,15 @@ def _write_all(wav_B1W, sample_rate: int, paths: list[str], args: argparse.Names
 # The front door: help, version, one-line errors.
 
 
-def _train_main(argv: list[str]) -> int:
-    from audiogen_jax import trainer
+def train_main(argv: list[str] | None = None) -> int:
+    """`audiogen-jax train`: the exit status; failures are one line."""
 
-    return trainer.main(argv)
+    def train(args: list[str]) -> int:
+        from audiogen_jax import trainer
+
+        return trainer.main(args)
+
+    return _run(train, argv)
 
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str, str]] = {
@@ -445,7 +460,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str, str]] = {
         "--t5 t5-large --out DIR",
     ),
     "train": (
-        _train_main,
+        train_main,
         "fine-tune on a folder of captioned sounds",
         "audiogen-jax train sounds/ --model tiny-random --out runs/a --steps 200",
     ),
@@ -501,8 +516,16 @@ def _check_utf8(argv: list[str]) -> None:
             raise UsageError(f"argument {i + 1} is not valid UTF-8: {shown!r}") from None
 
 
-def _run(command: Callable[[list[str]], int], argv: list[str], debug: bool) -> int:
-    """Runs a command; any exception becomes one line (or its traceback with --debug)."""
+def _run(command: Callable[[list[str]], int], argv: list[str] | None) -> int:
+    """Runs a command on its arguments (default: the process's); any exception becomes one line,
+    or its traceback with `--debug` (understood anywhere on the line)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        _check_utf8(argv)
+    except UsageError as e:
+        return _fail(e, 2)
     try:
         return command(argv)
     except KeyboardInterrupt:
@@ -524,11 +547,8 @@ def _run(command: Callable[[list[str]], int], argv: list[str], debug: bool) -> i
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # --debug is understood anywhere on the line, by every command.
-    debug = "--debug" in argv
-    argv = [a for a in argv if a != "--debug"]
     try:
-        _check_utf8(argv)
+        _check_utf8(argv)  # here too, so that the message counts the command as argument 1
     except UsageError as e:
         return _fail(e, 2)
     if argv and argv[0] in ("-h", "--help"):
@@ -542,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
         if argv:
             print(f"\nerror: unknown command {argv[0]!r}", file=sys.stderr)
         return 2
-    return _run(COMMANDS[argv[0]][0], argv[1:], debug)
+    return COMMANDS[argv[0]][0](argv[1:])
 
 
 if __name__ == "__main__":
