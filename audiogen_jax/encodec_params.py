@@ -240,7 +240,10 @@ def convert_compression(src: str | os.PathLike, out_dir: str | os.PathLike) -> N
         )
     specs = checkpoint.param_specs(lambda: EncodecModel(cfg, rngs=nnx.Rngs(0)))
     expected = {k: shape for k, (shape, _) in specs.items()}
-    plan = plan_conversion(pkg.state, ENCODEC_RULES, expected, ENCODEC_IGNORE)
+    try:
+        plan = plan_conversion(pkg.state, ENCODEC_RULES, expected, ENCODEC_IGNORE)
+    except ConversionError as e:
+        raise ConversionError(f"{src}: {e}") from e
     os.makedirs(out_dir, exist_ok=True)
     write_file(
         os.path.join(out_dir, checkpoint.WEIGHT_FILES["compression"]),

@@ -17,7 +17,6 @@ import dataclasses
 import io
 import os
 import re
-import shutil
 import sysconfig
 
 import numpy as np
@@ -26,10 +25,10 @@ from flax import nnx
 from audiogen_jax import checkpoint, t5
 from audiogen_jax.config import EncodecConfig, LMConfig, T5Config
 from audiogen_jax.encodec import EncodecModel
+from audiogen_jax.hub import TINY_RANDOM
 from audiogen_jax.io import safetensors
 from audiogen_jax.lm import DISK_LAYOUT, LAYOUT_KEY, LMModel
 
-TINY_RANDOM = "tiny-random"
 NOISE_WARNING = (
     "warning: 'tiny-random' is a small model with RANDOM weights, for trying the pipeline offline: "
     "it makes noise, not sound. Use --model facebook/audiogen-medium (or a converted directory) "
@@ -144,10 +143,9 @@ def build_tiny_random(directory: str | os.PathLike, seed: int = 0) -> str:
       seed: the random init seed.
     """
     directory = os.fspath(directory)
-    tmp = f"{directory}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
+    # Built beside `directory` and swapped in whole, with its manifest; a second process building
+    # the same directory waits for the first.
+    with checkpoint.writing(directory, wait=True) as tmp:
         codec_cfg, t5_cfg, lm_cfg = tiny_random_configs()
         rng = np.random.default_rng(seed)
         weights = {
@@ -173,8 +171,4 @@ def build_tiny_random(directory: str | os.PathLike, seed: int = 0) -> str:
             {"input_dim": t5_cfg.d_model, "output_dim": lm_cfg.dim, "name": TINY_RANDOM},
         )
         train_tiny_tokenizer(os.path.join(tmp, checkpoint.TOKENIZER_DIR))
-        shutil.rmtree(directory, ignore_errors=True)
-        os.replace(tmp, directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return directory
