@@ -1,23 +1,36 @@
-"""The `AudioGen` API: text (and optionally an audio prompt) to audio, like audiocraft's `AudioGen`.
+"""The `AudioGen` / `MusicGen` API: text (and optionally an audio prompt) to audio or music.
 
     model = AudioGen.from_pretrained("facebook/audiogen-medium")  # or a converted dir, tiny-random
     model.set_generation_params(duration=5.0)
-    wav = model.generate(["dog barking", "sirens"], seed=0)  # [B, 1, W] float32
+    wav = model.generate(["dog barking", "sirens"], seed=0)  # [B, C, W] float32
+
+    model = MusicGen.from_pretrained("facebook/musicgen-stereo-small")  # the same class underneath
+    wav = model.generate(["lo-fi piano"], seed=0)  # [1, 2, W]: 15 s of stereo at 32 kHz
 
 `from_pretrained` accepts
   - a converted directory (`convert_weights.py ... --out DIR`);
   - `"tiny-random"`: a small random-weight model built offline (see `presets.py`; it makes noise);
-  - a hub id such as `facebook/audiogen-medium`: downloads `state_dict.bin` and
-    `compression_state_dict.bin` with huggingface_hub, plus the T5 encoder its config names
-    (`t5-large`: config.json, model.safetensors, spiece.model and tokenizer files), converts them
+  - a hub id such as `facebook/audiogen-medium` or `facebook/musicgen-small` (`presets.CHECKPOINTS`
+    lists the released ones): downloads `state_dict.bin` and `compression_state_dict.bin` with
+    huggingface_hub, plus the T5 encoder its config names (`t5-large` for AudioGen, `t5-base` for
+    MusicGen: config.json, model.safetensors, spiece.model and tokenizer files), converts them
     once (`encodec_params.py`, `lm_params.py`, `t5_params.py`), and caches the converted
     directory under `$AUDIOGEN_JAX_CACHE/<name>` (default `~/.cache/audiogen_jax/<name>`). Later
     calls load the cache without touching the network; an entry of an older format version is
     converted again.
 
-References: audiocraft 1.3.0 `models/audiogen.py` (`AudioGen`), `models/genmodel.py`
-(`BaseGenModel`: `set_generation_params`, `generate`, `generate_unconditional`,
-`generate_continuation`), `models/loaders.py`.
+One class for the family. In the reference, `AudioGen` and `MusicGen` are thin subclasses of
+`BaseGenModel` that differ only in their default model and generation defaults (AudioGen: 5 s,
+extend stride 2 s; MusicGen: 15 s, 18 s). Here those defaults are stored with each converted
+checkpoint (`LMConfig.family`, `duration`, `extend_stride`, from its training config's `solver`), so
+`AudioGen.from_pretrained("facebook/musicgen-small")` behaves as the reference's `MusicGen`, and
+`MusicGen` is the same class with MusicGen's default model, for code written against the reference.
+Stereo checkpoints wrap the codec in `stereo.InterleaveStereoCompressionModel` (their LM's config
+says so) and return `[B, 2, W]`.
+
+References: audiocraft 1.3.0 `models/audiogen.py` (`AudioGen`), `models/musicgen.py` (`MusicGen`),
+`models/genmodel.py` (`BaseGenModel`: `set_generation_params`, `generate`,
+`generate_unconditional`, `generate_continuation`), `models/loaders.py`.
 
 Differences from the reference:
 - Every call takes a `seed` (JAX keys); the same seed gives the same audio. Without one, a fresh
@@ -30,6 +43,9 @@ Differences from the reference:
   the tokens are the same as with exact shapes (see `generate.py`).
 - `two_step_cfg` and `set_custom_progress_callback` are not provided; `progress=True` shows a tqdm
   bar.
+- `set_generation_params` without a duration (or stride) keeps the model's default, 5 s for
+  AudioGen and 15 s for MusicGen; the reference resets it to its argument default (10 s / 30 s).
+- MusicGen-melody (`generate_with_chroma`) is not implemented; loading a melody checkpoint says so.
 """
 
 from __future__ import annotations
@@ -54,6 +70,7 @@ from audiogen_jax import (
     lm_params,
     presets,
     sampling,
+    stereo,
     t5,
     t5_params,
 )
@@ -85,11 +102,16 @@ def _looks_like_hub_id(name: str) -> bool:
 
 
 def _how_to_get(name: str) -> str:
+    known = presets.CHECKPOINTS.get(name)
+    t5_where = (
+        f"https://huggingface.co/google-t5/{known.t5_name}"
+        if known
+        else "the T5 its config names (t5-large for AudioGen, t5-base for MusicGen)"
+    )
     return (
         f"To get it offline: download {LM_FILE} and {COMPRESSION_FILE} from "
         f"https://huggingface.co/{name} and the T5 files (config.json, model.safetensors, "
-        "spiece.model) "
-        "from https://huggingface.co/google-t5/t5-large, convert them with `audiogen-jax convert "
+        f"spiece.model) from {t5_where}, convert them with `audiogen-jax convert "
         "--compression compression_state_dict.bin --lm state_dict.bin --t5 T5_DIR --out DIR` and "
         "pass DIR."
     )
@@ -109,14 +131,17 @@ def download_and_convert(name: str, cache_root_dir: str | None = None) -> str:
     # An entry of an older format version is converted again.
     if os.path.isfile(os.path.join(final, _COMPLETE)) and checkpoint.is_current(final):
         return final
-    try:
-        lm_file = huggingface_hub.hf_hub_download(repo_id=name, filename=LM_FILE)
-        compression_file = huggingface_hub.hf_hub_download(repo_id=name, filename=COMPRESSION_FILE)
-    except Exception as e:
-        raise checkpoint.CheckpointError(
-            f"could not download {name!r} from the Hugging Face hub ({type(e).__name__}: {e}). "
-            f"If you are offline or the id is wrong, this is why. {_how_to_get(name)}"
-        ) from e
+    downloaded = {}
+    for filename in (LM_FILE, COMPRESSION_FILE):
+        try:
+            downloaded[filename] = huggingface_hub.hf_hub_download(repo_id=name, filename=filename)
+        except Exception as e:
+            raise checkpoint.CheckpointError(
+                f"could not download {name!r} ({filename}) from the Hugging Face hub "
+                f"({type(e).__name__}: {e}). If you are offline or the id is wrong, this is why. "
+                f"{_how_to_get(name)}"
+            ) from e
+    lm_file, compression_file = downloaded[LM_FILE], downloaded[COMPRESSION_FILE]
     tmp = f"{final}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -158,6 +183,11 @@ def resolve(name_or_dir: str | os.PathLike, cache_root_dir: str | None = None) -
             f"{name} is a file; give a converted directory (see `audiogen-jax convert --help`), "
             f"a hub id such as {DEFAULT_MODEL!r}, or {presets.TINY_RANDOM!r}"
         )
+    if name in presets.UNSUPPORTED:
+        raise checkpoint.CheckpointError(
+            f"{name} is not supported: {presets.UNSUPPORTED[name]}. Supported checkpoints: "
+            f"{', '.join(presets.CHECKPOINTS)}"
+        )
     if name == presets.TINY_RANDOM:
         final = _cache_dir(name, cache_root_dir)
         if not checkpoint.is_current(final):
@@ -193,11 +223,12 @@ def _check_descriptions(descriptions: Any, allow_none: bool) -> list[str | None]
 
 
 class AudioGen:
-    """Text-to-audio generation with a converted AudioGen checkpoint.
+    """Text-to-audio (or music) generation with a converted AudioGen or MusicGen checkpoint.
 
     Attributes:
       name: what the model was loaded from.
-      compression_model: the `EncodecModel`.
+      compression_model: the `EncodecModel` (stereo: wrapped in an
+        `InterleaveStereoCompressionModel`).
       lm: the `LMModel`.
       conditioner: the `T5Conditioner` (T5 encoder + output_proj).
       tokenizer: the T5 tokenizer.
@@ -228,7 +259,7 @@ class AudioGen:
         # Seconds per generation window (the training segment), from the checkpoint; an attribute,
         # as in the reference, so it can be lowered to exercise the sliding window cheaply.
         self.max_duration = float(lm.config.max_duration)
-        self.set_generation_params(duration=5.0)
+        self.set_generation_params()
 
     @classmethod
     def from_pretrained(
@@ -261,6 +292,8 @@ class AudioGen:
                 "it looks incomplete or corrupt: convert it again (`audiogen-jax convert ... "
                 "--out DIR`)"
             ) from e
+        if lm.config.interleave_stereo:
+            codec = stereo.InterleaveStereoCompressionModel(codec)
         model = cls(os.fspath(name_or_dir), codec, lm, conditioner, tokenizer)
         model.directory = directory
         return model
@@ -283,16 +316,17 @@ class AudioGen:
 
     def set_generation_params(
         self,
-        duration: float = 5.0,
+        duration: float | None = None,
         use_sampling: bool | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
         temperature: float | None = None,
         cfg_coef: float | None = None,
-        extend_stride: float = 2.0,
+        extend_stride: float | None = None,
     ) -> None:
-        """Sets how `generate*` sample. Unset sampling values take the checkpoint's defaults
-        (AudioGen: sampling, top_k 250, top_p 0, temperature 1, cfg_coef 3).
+        """Sets how `generate*` sample. Unset values take the checkpoint's defaults (AudioGen and
+        MusicGen alike: sampling, top_k 250, top_p 0, temperature 1, cfg_coef 3; duration and
+        extend_stride 5 s and 2 s for AudioGen, 15 s and 18 s for MusicGen).
 
         Args:
           duration: seconds of audio to produce (> 0); beyond `max_duration`, a sliding window.
@@ -305,6 +339,8 @@ class AudioGen:
             (0 < extend_stride < max_duration).
         """
         cfg = self.lm.config
+        duration = cfg.duration if duration is None else duration
+        extend_stride = cfg.extend_stride if extend_stride is None else extend_stride
         overrides = dict(
             use_sampling=use_sampling,
             top_k=top_k,
@@ -373,8 +409,8 @@ class AudioGen:
           return_tokens: also return the codes.
 
         Returns:
-          wav [B, 1, W] float32 numpy at `sample_rate` (and codes [B, K, T] int32 if
-          `return_tokens`).
+          wav [B, C, W] float32 numpy at `sample_rate`, C = `audio_channels` (and codes
+          [B, K, T] int32 if `return_tokens`).
         """
         descriptions = _check_descriptions(descriptions, allow_none=False)
         return self._generate(descriptions, None, progress, seed, return_tokens)
@@ -403,15 +439,15 @@ class AudioGen:
         """Continues audio prompts; the output starts with the (re-encoded) prompt.
 
         Args:
-          prompt: [C, W] or [B, C, W] float audio; mono or stereo (mixed down to the model's
-            channels, and resampled when `prompt_sample_rate` differs, as the reference's
-            `convert_audio`).
+          prompt: [C, W] or [B, C, W] float audio; mono or stereo (mixed down to a mono model,
+            mono repeated for a stereo one, and resampled when `prompt_sample_rate` differs, as the
+            reference's `convert_audio`).
           prompt_sample_rate: the prompt's sample rate in Hz.
           descriptions: B descriptions (or None entries); None means unconditional.
           progress, seed, return_tokens: as `generate`.
 
         Returns:
-          wav [B, 1, W] float32 numpy (and codes when `return_tokens`).
+          wav [B, C, W] float32 numpy (and codes when `return_tokens`).
         """
         wav = np.asarray(prompt)
         if wav.ndim == 2:
@@ -423,11 +459,12 @@ class AudioGen:
         if not np.issubdtype(wav.dtype, np.floating):
             raise ValueError(f"prompt must be float audio, got dtype {wav.dtype}")
         B, C, W = wav.shape
-        if C not in (1, 2) or (C != self.audio_channels and self.audio_channels != 1):
+        # Mono is repeated for a stereo model, stereo mixed down for a mono one.
+        if C not in (1, 2):
             hint = " (is it [W, C]? transpose it)" if C > W else ""
             raise ValueError(
-                f"prompt has {C} channels{hint}; expected [C, W] with C = {self.audio_channels} "
-                "(or stereo, which is mixed down)"
+                f"prompt has {C} channels{hint}; expected [C, W] with C = 1 or 2 (the model has "
+                f"{self.audio_channels})"
             )
         if W == 0 or not np.all(np.isfinite(wav)):
             raise ValueError("prompt must be non-empty and finite")
@@ -478,3 +515,24 @@ class AudioGen:
             splits=self._splits,
         )
         return (wav, codes) if return_tokens else wav
+
+
+class MusicGen(AudioGen):
+    """`AudioGen` with MusicGen's default model, for code written against the reference's class.
+
+    Nothing else differs: the generation defaults (15 s, extend stride 18 s) come with each
+    MusicGen checkpoint, so `AudioGen.from_pretrained("facebook/musicgen-small")` is the same model.
+    """
+
+    DEFAULT = "facebook/musicgen-small"
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_dir: str | os.PathLike = DEFAULT,
+        *,
+        dtype: Any = None,
+        cache_dir: str | None = None,
+    ) -> MusicGen:
+        """As `AudioGen.from_pretrained`, defaulting to facebook/musicgen-small."""
+        return super().from_pretrained(name_or_dir, dtype=dtype, cache_dir=cache_dir)

@@ -3,6 +3,7 @@
     audiogen-jax generate "dog barking" "sirens of an emergency vehicle" --duration 5 \
         --out-dir out/ --seed 0
     audiogen-jax generate "rain" --model tiny-random --duration 1 --out-dir out/   # offline, noise
+    audiogen-jax generate "lo-fi piano" --model facebook/musicgen-small --out-dir out/  # music
     audiogen-jax generate "footsteps" --continue prompt.wav --duration 6 --out-dir out/
     audiogen-jax convert --compression compression_state_dict.bin --lm state_dict.bin \
         --t5 t5-large --out DIR
@@ -75,15 +76,22 @@ def convert_main(argv: list[str] | None = None) -> int:
 
 def _generate_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="audiogen-jax generate", description="Text to audio with AudioGen."
+        prog="audiogen-jax generate",
+        description="Text to audio (AudioGen) or music (MusicGen).",
     )
     p.add_argument("descriptions", nargs="*", help="one text description per output file")
     p.add_argument(
         "--model",
         default=DEFAULT_MODEL,
-        help=f"hub id (default {DEFAULT_MODEL}), a converted directory, or 'tiny-random'",
+        help=f"hub id (default {DEFAULT_MODEL}; supported: {', '.join(presets.CHECKPOINTS)}), "
+        "a converted directory, or 'tiny-random'",
     )
-    p.add_argument("--duration", type=float, default=5.0, help="seconds of audio (default 5)")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="seconds of audio (default: the model's, 5 for AudioGen, 15 for MusicGen)",
+    )
     p.add_argument("--out-dir", required=True, help="directory for the audio files")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: a fresh one)")
     p.add_argument(
@@ -100,8 +108,9 @@ def _generate_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--extend-stride",
         type=float,
-        default=2.0,
-        help="seconds each window moves beyond the model's max duration (default 2)",
+        default=None,
+        help="seconds each window moves beyond the model's max duration (default: the model's, "
+        "2 for AudioGen, 18 for MusicGen)",
     )
     p.add_argument(
         "--continue",
@@ -132,7 +141,7 @@ def _check_args(args: argparse.Namespace) -> None:
     for i, d in enumerate(args.descriptions):
         if not d.strip():
             raise ValueError(f"description {i + 1} is empty")
-    if not math.isfinite(args.duration) or args.duration <= 0:
+    if args.duration is not None and (not math.isfinite(args.duration) or args.duration <= 0):
         raise ValueError(f"--duration must be a positive number of seconds, got {args.duration}")
     # SamplingParams is where sampling settings are validated (the model's codebook size, which
     # bounds top-k, is checked once it is loaded).
