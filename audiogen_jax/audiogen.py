@@ -12,12 +12,13 @@
   - `"tiny-random"`: a small random-weight model built offline (see `presets.py`; it makes noise);
   - a hub id such as `facebook/audiogen-medium` or `facebook/musicgen-small` (`presets.CHECKPOINTS`
     lists the released ones): downloads `state_dict.bin` and `compression_state_dict.bin` with
-    huggingface_hub, plus the T5 encoder its config names (`t5-large` for AudioGen, `t5-base` for
-    MusicGen: config.json, model.safetensors, spiece.model and tokenizer files), converts them
-    once (`encodec_params.py`, `lm_params.py`, `t5_params.py`), and caches the converted
-    directory under `$AUDIOGEN_JAX_CACHE/<name>` (default `~/.cache/audiogen_jax/<name>`). Later
-    calls load the cache without touching the network; an entry of an older format version is
-    converted again.
+    huggingface_hub (and, when the latter only names a pretrained codec, that codec's config.json
+    and weights, e.g. `facebook/encodec_32khz`), plus the T5 encoder its config names (`t5-large`
+    for AudioGen, `t5-base` for MusicGen: config.json, model.safetensors, spiece.model and
+    tokenizer files), converts them once (`encodec_params.py`, `lm_params.py`, `t5_params.py`),
+    and caches the converted directory under `$AUDIOGEN_JAX_CACHE/<name>` (default
+    `~/.cache/audiogen_jax/<name>`). Later calls load the cache without touching the network; an
+    entry of an older format version is converted again.
 
 One class for the family. In the reference, `AudioGen` and `MusicGen` are thin subclasses of
 `BaseGenModel` that differ only in their default model and generation defaults (AudioGen: 5 s,
@@ -76,6 +77,7 @@ from audiogen_jax import (
 )
 from audiogen_jax import generate as gen
 from audiogen_jax.encodec import EncodecModel
+from audiogen_jax.io.errors import DownloadError
 from audiogen_jax.lm import LMModel
 
 DEFAULT_MODEL = "facebook/audiogen-medium"
@@ -148,6 +150,8 @@ def download_and_convert(name: str, cache_root_dir: str | None = None) -> str:
         try:
             encodec_params.convert_compression(compression_file, tmp)
             lm_params.convert_lm(lm_file, tmp)
+        except DownloadError as e:  # the codec the compression file points to (MusicGen-stereo)
+            raise checkpoint.CheckpointError(f"{name}: {e}") from e
         except (OSError, ValueError) as e:
             raise checkpoint.CheckpointError(
                 f"the checkpoint downloaded for {name!r} could not be converted: {e}\n"

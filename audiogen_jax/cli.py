@@ -41,7 +41,10 @@ FORMATS = ("wav", "flac")
 
 
 def _convert_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--compression", help="audiocraft compression_state_dict.bin (EnCodec)")
+    p.add_argument(
+        "--compression",
+        help="audiocraft compression_state_dict.bin (EnCodec), or a transformers EnCodec directory",
+    )
     p.add_argument("--lm", help="audiocraft state_dict.bin (the transformer LM)")
     p.add_argument(
         "--t5", help="Hugging Face T5 checkpoint: a directory or a hub id such as t5-large"

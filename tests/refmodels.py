@@ -101,12 +101,16 @@ def write_checkpoints(
     seed: int = 0,
     codec_and_t5_from: dict[str, str] | None = None,
     probe_seconds: float = 4.0,
+    pretrained_codec: str | None = None,
 ) -> dict[str, str]:
     """Writes the three checkpoints in their release formats (once; later calls reuse them).
 
     `codec_and_t5_from`: the files of an earlier call whose bundle has the same codec and T5; they
     are reused (the compression file hard-linked, the T5 directory shared) and only the LM is
     written. `probe_seconds`: the audio the codebooks are seeded from (`build_reference`).
+    `pretrained_codec`: a hub id; the codec is then written as a transformers EnCodec directory
+    (files["pretrained_codec"]) and compression_state_dict.bin only points to it by that id, as
+    audiocraft's `export_pretrained_compression_model` packages facebook/encodec_32khz.
 
     Returns:
       {"lm": state_dict.bin (fp16 audiocraft export), "compression": compression_state_dict.bin,
@@ -127,6 +131,9 @@ def write_checkpoints(
     }
     if codec_and_t5_from is not None:
         files["t5"] = codec_and_t5_from["t5"]
+    if pretrained_codec is not None:
+        files["pretrained_codec"] = os.path.join(directory, "pretrained_codec")
+        files["compression_package"] = os.path.join(directory, "compression_package.bin")
     done = os.path.join(directory, DONE)
     if os.path.isfile(done):
         return files
@@ -143,6 +150,19 @@ def write_checkpoints(
         if os.path.exists(files["compression"]):
             os.remove(files["compression"])
         os.link(codec_and_t5_from["compression"], files["compression"])
+    if pretrained_codec is not None:
+        import torch
+        from encodec_reference import save_transformers
+
+        codec = build_reference(bundle.codec, probe_seconds=0.1)
+        codec.load_state_dict(torch.load(files["compression"], weights_only=False)["best_state"])
+        save_transformers(codec, bundle.codec, files["pretrained_codec"])
+        # The same codec as an audiocraft package, kept beside for comparison.
+        os.replace(files["compression"], files["compression_package"])
+        torch.save(
+            {"pretrained": pretrained_codec, "exported": True, "version": "1.3.0"},
+            files["compression"],
+        )
     state = lm_state_dict(bundle.lm, seed)
     # test_lm's config states AudioGen's top_k 250; a tiny codebook needs its own (the converter reads it).
     xp = xp_cfg_yaml(bundle.lm, bundle.t5_name).replace("top_k: 250", f"top_k: {bundle.lm.top_k}")
@@ -199,8 +219,14 @@ def reference_audiogen(
     from encodec_reference import build_reference
     from refutil import reference_lm
 
-    codec = build_reference(bundle.codec, probe_seconds=0.1)
-    codec.load_state_dict(torch.load(files["compression"], weights_only=False)["best_state"])
+    if "pretrained_codec" in files:  # what `CompressionModel.get_pretrained` builds for a hub id
+        from audiocraft.models.encodec import HFEncodecCompressionModel
+
+        hf_codec = transformers.EncodecModel.from_pretrained(files["pretrained_codec"]).eval()
+        codec = HFEncodecCompressionModel(hf_codec).eval()
+    else:
+        codec = build_reference(bundle.codec, probe_seconds=0.1)
+        codec.load_state_dict(torch.load(files["compression"], weights_only=False)["best_state"])
 
     cfg = bundle.lm
     hf = transformers.T5EncoderModel.from_pretrained(files["t5"]).eval()

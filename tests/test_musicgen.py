@@ -43,6 +43,10 @@ KINDS = {
     "mono": ("facebook/musicgen-small", False),
     "stereo": ("facebook/musicgen-stereo-small", True),
 }
+# The stereo release's compression_state_dict.bin only names its codec, a transformers EnCodec on
+# the hub (audiocraft's `export_pretrained_compression_model`), as the stereo checkpoints package
+# facebook/encodec_32khz; the mono release holds an audiocraft EnCodec package.
+CODEC_ID = "facebook/encodec_32khz"
 
 
 def _bundle(stereo_: bool):
@@ -71,9 +75,13 @@ def pair(request, reference, tmp_path_factory):
         bundle,
         codec_and_t5_from=next(iter(_RELEASES.values()), None),
         probe_seconds=1.0,
+        pretrained_codec=CODEC_ID if is_stereo else None,
     )
     _RELEASES[request.param] = files
-    hub = FakeHub({name: os.path.dirname(files["lm"]), bundle.t5_name: files["t5"]})
+    repos = {name: os.path.dirname(files["lm"]), bundle.t5_name: files["t5"]}
+    if is_stereo:
+        repos[CODEC_ID] = files["pretrained_codec"]
+    hub = FakeHub(repos)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(huggingface_hub, "hf_hub_download", hub)
         ours = MusicGen.from_pretrained(name, cache_dir=str(root / "cache"))
@@ -121,6 +129,7 @@ def test_hub_id_converts_once_with_the_reference_defaults(pair, tmp_path):
     assert (pair.name, "state_dict.bin") in pair.hub_calls
     assert (pair.name, "compression_state_dict.bin") in pair.hub_calls
     assert ("t5-base", "spiece.model") in pair.hub_calls  # the T5 the LM's config names
+    assert ((CODEC_ID, "config.json") in pair.hub_calls) == pair.stereo  # the codec pointed to
     assert LMConfig.from_dict(checkpoint.read_config(ours.directory, "lm")) == pair.bundle.lm
     # The reference MusicGen's class defaults, read from the reference object itself.
     assert (ours.duration, ours.extend_stride, ours.max_duration) == (
@@ -147,6 +156,43 @@ def test_hub_id_converts_once_with_the_reference_defaults(pair, tmp_path):
     )
 
 
+@pytest.mark.parity
+@pytest.mark.parametrize("pair", ["stereo"], indirect=True)
+def test_pretrained_codec_converts_to_the_same_weights(pair, tmp_path):
+    """The transformers EnCodec the stereo release points to, under either weight-norm naming
+    (`parametrizations.weight.original0/1` as transformers 5 saves, `weight_g/v` as the hub files
+    hold), converts to exactly the weights of the same codec's audiocraft package."""
+    from safetensors.numpy import load_file, save_file
+
+    from audiogen_jax.encodec_params import convert_compression
+
+    convert_compression(pair.files["compression_package"], tmp_path / "package")
+    want = load_file(str(tmp_path / "package" / "compression.safetensors"))
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    hf_dir = pair.files["pretrained_codec"]
+    hf_state = load_file(os.path.join(hf_dir, "model.safetensors"))
+    renamed = {
+        k.replace("parametrizations.weight.original0", "weight_g").replace(
+            "parametrizations.weight.original1", "weight_v"
+        ): v
+        for k, v in hf_state.items()
+    }
+    assert renamed.keys() != hf_state.keys()
+    save_file(renamed, str(legacy / "model.safetensors"))
+    with open(os.path.join(hf_dir, "config.json")) as f:
+        (legacy / "config.json").write_text(f.read())
+    convert_compression(str(legacy), tmp_path / "legacy_out")
+    for got_dir in (pair.ours.directory, tmp_path / "legacy_out"):
+        got = load_file(os.path.join(got_dir, "compression.safetensors"))
+        assert got.keys() == want.keys()
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    assert checkpoint.read_config(pair.ours.directory, "compression") == checkpoint.read_config(
+        tmp_path / "package", "compression"
+    )
+
+
 # --------------------------------------------------------------------------------------------------
 # Components.
 
@@ -164,8 +210,8 @@ def test_codec_parity(pair):
     with torch.no_grad():
         ref_codes = ref.compression_model.encode(torch.from_numpy(wav))[0].numpy()
         ref_wav = ref.compression_model.decode(torch.from_numpy(ref_codes)).numpy()
-    mono_codec = ref.compression_model.model if pair.stereo else ref.compression_model
-    gap = min(top2_gaps(mono_codec, wav[:, c : c + 1]).min() for c in range(wav.shape[1]))
+    # The reference's smallest top-2 distance gap (a diagnostic; its audiocraft codec only).
+    gap = np.nan if pair.stereo else top2_gaps(ref.compression_model, wav).min()
     codes = np.asarray(ours.compression_model.encode(wav))
     K = 8 if pair.stereo else 4
     assert codes.shape == ref_codes.shape == (3, K, 25)
@@ -379,3 +425,39 @@ def test_offline_command_line_names_what_could_not_be_downloaded(tmp_path, monke
     err = capsys.readouterr().err
     assert "could not download 'facebook/musicgen-small' (state_dict.bin)" in err
     assert "google-t5/t5-base" in err and not (tmp_path / "out").exists()
+
+
+def test_transformers_encodec_configs():
+    import dataclasses
+
+    from audiogen_jax.config import EncodecConfig
+    from audiogen_jax.encodec_params import encodec_config_from_hf
+    from audiogen_jax.io.errors import ConversionError
+
+    # facebook/encodec_32khz: transformers' defaults plus what its conversion script sets.
+    hub_32khz = {
+        "model_type": "encodec",
+        "target_bandwidths": [2.2],
+        "sampling_rate": 32000,
+        "num_filters": 64,
+        "upsampling_ratios": [8, 5, 4, 4],
+        "codebook_size": 2048,
+        "use_causal_conv": False,
+        "normalize": False,
+        "use_conv_shortcut": False,
+    }
+    want = dataclasses.replace(EncodecConfig.musicgen(), pad_mode="reflect")
+    assert encodec_config_from_hf(hub_32khz) == want
+    # facebook/encodec_48khz: stereo, renormalised, chunked, group norm: all named at once.
+    hub_48khz = {
+        **hub_32khz,
+        "sampling_rate": 48000,
+        "upsampling_ratios": [8, 5, 4, 2],
+        "target_bandwidths": [3.0, 6.0, 12.0, 24.0],
+        "audio_channels": 2,
+        "normalize": True,
+        "chunk_length_s": 1.0,
+        "norm_type": "time_group_norm",
+    }
+    with pytest.raises(ConversionError, match="(?s)normalize.*chunk_length_s.*norm_type"):
+        encodec_config_from_hf(hub_48khz)
