@@ -56,7 +56,7 @@ def _musicgen(scale: str, stereo: bool) -> Checkpoint:
     size = {"small": "300M", "medium": "1.5B", "large": "3.3B"}[scale]
     return Checkpoint(
         name=f"facebook/musicgen-{'stereo-' if stereo else ''}{scale}",
-        summary=f"text to {kind}, 32 kHz, {size} LM",
+        summary=f"text to {kind}, 32 kHz (the release's {size} size)",
         codec=EncodecConfig.musicgen(),
         t5_name="t5-base",
         t5=T5Config.base(),
@@ -69,7 +69,7 @@ CHECKPOINTS = {
     for c in (
         Checkpoint(
             name="facebook/audiogen-medium",
-            summary="text to sound effects, 16 kHz, 1.5B LM",
+            summary="text to sound effects, 16 kHz (the release's 1.5B size)",
             codec=EncodecConfig.medium(),
             t5_name="t5-large",
             t5=T5Config.large(),
