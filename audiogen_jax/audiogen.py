@@ -16,9 +16,16 @@
     and weights, e.g. `facebook/encodec_32khz`), plus the T5 encoder its config names (`t5-large`
     for AudioGen, `t5-base` for MusicGen: config.json, model.safetensors, spiece.model and
     tokenizer files), converts them once (`encodec_params.py`, `lm_params.py`, `t5_params.py`),
-    and caches the converted directory under `$AUDIOGEN_JAX_CACHE/<name>` (default
-    `~/.cache/audiogen_jax/<name>`). Later calls load the cache without touching the network; an
-    entry of an older format version is converted again.
+    and caches the converted
+    directory under `$AUDIOGEN_JAX_CACHE/<name>` (default `~/.cache/audiogen_jax/<name>`). Later
+    calls load the cache without touching the network; an entry of an older format version, or
+    one that does not match its manifest, is converted again. Files already in the Hugging Face
+    cache are used without the network; when the hub cannot be reached, the error comes at once
+    (`hub.py`), with the download size and what to do offline.
+
+Every directory is checked against its manifest before loading (`checkpoint.check_directory`:
+sizes always, sha256 at the first load of files not hashed on this machine) and every weight is
+checked to be finite.
 
 One class for the family. In the reference, `AudioGen` and `MusicGen` are thin subclasses of
 `BaseGenModel` that differ only in their default model and generation defaults (AudioGen: 5 s,
@@ -34,8 +41,9 @@ References: audiocraft 1.3.0 `models/audiogen.py` (`AudioGen`), `models/musicgen
 `generate_unconditional`, `generate_continuation`), `models/loaders.py`.
 
 Differences from the reference:
-- Every call takes a `seed` (JAX keys); the same seed gives the same audio. Without one, a fresh
-  seed is drawn from the OS.
+- Every call takes a `seed`, any integer in [-2**63, 2**64) (negative seeds count modulo 2**64, as
+  `torch.manual_seed` takes them); all 64 bits make the JAX key, so the same seed gives the same
+  audio and different seeds different keys. Without one, a fresh 64-bit seed is drawn from the OS.
 - Bad settings or inputs raise `ValueError` with the reason, before any work (the reference asserts
   late).
 - `temperature <= 0` while sampling is an error (the reference silently turns greedy); ask for
@@ -54,20 +62,21 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import shutil
 from collections.abc import Sequence
 from typing import Any
 
-import huggingface_hub
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from audiogen_jax import (
+    atomic,
     audio,
     checkpoint,
     checks,
     encodec_params,
+    hub,
     lm_params,
     presets,
     sampling,
@@ -76,104 +85,84 @@ from audiogen_jax import (
     t5_params,
 )
 from audiogen_jax import generate as gen
+from audiogen_jax.config import EncodecConfig, LMConfig
 from audiogen_jax.encodec import EncodecModel
 from audiogen_jax.io.errors import DownloadError
 from audiogen_jax.lm import LMModel
 
-DEFAULT_MODEL = "facebook/audiogen-medium"
-LM_FILE = "state_dict.bin"
-COMPRESSION_FILE = "compression_state_dict.bin"
-# Written last into a cache entry: its presence means the conversion finished.
-_COMPLETE = ".complete"
+DEFAULT_MODEL = hub.DEFAULT_MODEL
+LM_FILE = hub.LM_FILE
+COMPRESSION_FILE = hub.COMPRESSION_FILE
+cache_root = hub.cache_root
+_cache_dir = hub.converted_dir
+_looks_like_hub_id = hub.looks_like_hub_id
+_how_to_get = hub.how_to_get
+_offline_help = hub.offline_help
 
 
-def cache_root() -> str:
-    """Where converted models are cached: $AUDIOGEN_JAX_CACHE, else ~/.cache/audiogen_jax."""
-    return os.environ.get("AUDIOGEN_JAX_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "audiogen_jax"
-    )
-
-
-def _cache_dir(name: str, root: str | None) -> str:
-    return os.path.join(root or cache_root(), name.replace("/", "--"))
-
-
-def _looks_like_hub_id(name: str) -> bool:
-    parts = name.split("/")
-    return len(parts) == 2 and all(parts) and not name.startswith((".", "~")) and " " not in name
-
-
-def _how_to_get(name: str) -> str:
-    known = presets.CHECKPOINTS.get(name)
-    t5_where = (
-        f"https://huggingface.co/google-t5/{known.t5_name}"
-        if known
-        else "the T5 its config names (t5-large for AudioGen, t5-base for MusicGen)"
-    )
-    return (
-        f"To get it offline: download {LM_FILE} and {COMPRESSION_FILE} from "
-        f"https://huggingface.co/{name} and the T5 files (config.json, model.safetensors, "
-        f"spiece.model) from {t5_where}, convert them with `audiogen-jax convert "
-        "--compression compression_state_dict.bin --lm state_dict.bin --t5 T5_DIR --out DIR` and "
-        "pass DIR."
-    )
+def _download(name: str, filename: str) -> str:
+    try:
+        path = hub.download(name, filename)
+    except hub.HubUnreachable as e:
+        raise checkpoint.CheckpointError(
+            f"could not download {name!r} ({filename}): {e} (offline?). {_offline_help(name)}"
+        ) from e
+    except Exception as e:  # noqa: BLE001 - unknown repository, HTTP errors: one clear message
+        raise checkpoint.CheckpointError(
+            f"could not download {name!r} ({filename}) from the Hugging Face hub "
+            f"({type(e).__name__}: {e}). "
+            f"If you are offline or the id is wrong, this is why. {_offline_help(name)}"
+        ) from e
+    if path is None:
+        raise checkpoint.CheckpointError(
+            f"{name!r} on the Hugging Face hub has no {filename}: not an audiocraft AudioGen or "
+            "MusicGen release"
+        )
+    return path
 
 
 def download_and_convert(name: str, cache_root_dir: str | None = None) -> str:
     """The converted directory of hub model `name`: cached, else downloaded, converted and cached.
 
-    The conversion is written to a temporary directory and renamed into place only when complete, so
-    an interrupted run never leaves a cache entry that looks valid.
+    The conversion is built beside the cache entry and swapped in whole with its manifest, so an
+    interrupted run never leaves an entry that loads; two processes converting the same entry
+    take turns (the second finds the first's result).
 
     Raises:
       checkpoint.CheckpointError: offline, unknown repository, or a corrupt download (with what to
       do).
     """
     final = _cache_dir(name, cache_root_dir)
-    # An entry of an older format version is converted again.
-    if os.path.isfile(os.path.join(final, _COMPLETE)) and checkpoint.is_current(final):
+    # An entry of an older format version, or torn, is converted again.
+    if checkpoint.is_complete(final):
         return final
-    downloaded = {}
-    for filename in (LM_FILE, COMPRESSION_FILE):
-        try:
-            downloaded[filename] = huggingface_hub.hf_hub_download(repo_id=name, filename=filename)
-        except Exception as e:
-            raise checkpoint.CheckpointError(
-                f"could not download {name!r} ({filename}) from the Hugging Face hub "
-                f"({type(e).__name__}: {e}). If you are offline or the id is wrong, this is why. "
-                f"{_how_to_get(name)}"
-            ) from e
-    lm_file, compression_file = downloaded[LM_FILE], downloaded[COMPRESSION_FILE]
-    tmp = f"{final}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        try:
-            encodec_params.convert_compression(compression_file, tmp)
-            lm_params.convert_lm(lm_file, tmp)
-        except DownloadError as e:  # the codec the compression file points to (MusicGen-stereo)
-            raise checkpoint.CheckpointError(f"{name}: {e}") from e
-        except (OSError, ValueError) as e:
-            raise checkpoint.CheckpointError(
-                f"the checkpoint downloaded for {name!r} could not be converted: {e}\n"
-                "A corrupt download is the usual cause: remove it from the Hugging Face cache "
-                f"(`hf cache delete`, or delete {os.path.dirname(lm_file)}) and try again. "
-                f"{_how_to_get(name)}"
-            ) from e
-        t5_name = checkpoint.read_config(tmp, "conditioner")["name"]
-        try:
-            t5_params.convert_t5(t5_name, tmp)
-        except (OSError, ValueError) as e:
-            raise checkpoint.CheckpointError(
-                f"could not get or convert the text encoder {t5_name!r} for {name!r}: {e}\n"
-                f"{_how_to_get(name)}"
-            ) from e
-        with open(os.path.join(tmp, _COMPLETE), "w") as f:
-            f.write(f"converted from {name}\n")
-        os.makedirs(os.path.dirname(final), exist_ok=True)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    with atomic.locked(final, wait=True):
+        if checkpoint.is_complete(final):  # another process converted it while we waited
+            return final
+        lm_file = _download(name, LM_FILE)
+        compression_file = _download(name, COMPRESSION_FILE)
+        with checkpoint.writing(final, lock=False) as tmp:  # the lock is held already
+            try:
+                encodec_params.convert_compression(compression_file, tmp)
+                lm_params.convert_lm(lm_file, tmp)
+            except DownloadError as e:  # the codec the compression file names (MusicGen-stereo)
+                raise checkpoint.CheckpointError(f"{name}: {e}") from e
+            except (OSError, ValueError) as e:
+                raise checkpoint.CheckpointError(
+                    f"the checkpoint downloaded for {name!r} could not be converted: {e}\n"
+                    "A corrupt download is the usual cause: remove it from the Hugging Face cache "
+                    f"(`hf cache delete`, or delete {os.path.dirname(lm_file)}) and try again. "
+                    f"{_how_to_get(name)}"
+                ) from e
+            t5_name = checkpoint.read_config(tmp, "conditioner")["name"]
+            try:
+                t5_params.convert_t5(t5_name, tmp)
+            except (OSError, ValueError) as e:
+                raise checkpoint.CheckpointError(
+                    f"could not get or convert the text encoder {t5_name!r} for {name!r}: {e}\n"
+                    f"{_how_to_get(name)}"
+                ) from e
     return final
 
 
@@ -187,14 +176,11 @@ def resolve(name_or_dir: str | os.PathLike, cache_root_dir: str | None = None) -
             f"{name} is a file; give a converted directory (see `audiogen-jax convert --help`), "
             f"a hub id such as {DEFAULT_MODEL!r}, or {presets.TINY_RANDOM!r}"
         )
-    if name in presets.UNSUPPORTED:
-        raise checkpoint.CheckpointError(
-            f"{name} is not supported: {presets.UNSUPPORTED[name]}. Supported checkpoints: "
-            f"{', '.join(presets.CHECKPOINTS)}"
-        )
+    if name in hub.UNSUPPORTED:
+        raise checkpoint.CheckpointError(hub.unsupported_message(name))
     if name == presets.TINY_RANDOM:
         final = _cache_dir(name, cache_root_dir)
-        if not checkpoint.is_current(final):
+        if not checkpoint.is_complete(final):
             presets.build_tiny_random(final)
         return final
     if _looks_like_hub_id(name):
@@ -204,6 +190,16 @@ def resolve(name_or_dir: str | os.PathLike, cache_root_dir: str | None = None) -
         f"{presets.TINY_RANDOM!r}. "
         f"{_how_to_get(DEFAULT_MODEL)}"
     )
+
+
+def seed_key(seed: int) -> jax.Array:
+    """The JAX key of a seed in [-2**63, 2**64), all 64 bits of it (negative seeds modulo 2**64).
+
+    The key's two 32-bit words are the seed's high and low halves, which is what
+    `jax.random.key(seed)` gives for seeds below 2**32 (so those keep their keys).
+    """
+    s = checks.seed("seed", seed)
+    return jax.random.wrap_key_data(jnp.array([s >> 32, s & 0xFFFFFFFF], jnp.uint32))
 
 
 def _check_descriptions(descriptions: Any, allow_none: bool) -> list[str | None]:
@@ -224,6 +220,79 @@ def _check_descriptions(descriptions: Any, allow_none: bool) -> list[str | None]
         if not isinstance(d, str):
             raise ValueError(f"description {i} is a {type(d).__name__} ({d!r}), not a string")
     return list(descriptions)
+
+
+def generation_settings(
+    lm_config: LMConfig,
+    frame_rate: float,
+    *,
+    duration: float | None = None,
+    max_duration: float | None = None,
+    extend_stride: float | None = None,
+    **sampling_overrides: Any,
+) -> gen.GenerationSettings:
+    """The `GenerationSettings` of `AudioGen.set_generation_params` for a model's configs (the
+    command line checks its options with it before loading the model).
+
+    Args:
+      lm_config: the LM's config (codebook size, generation defaults, window).
+      frame_rate: the codec's frames per second.
+      duration, extend_stride: as `set_generation_params`; None: the checkpoint's defaults (its
+        family's: AudioGen 5 s and 2 s, MusicGen 15 s and 18 s).
+      max_duration: seconds per window; default the config's.
+      **sampling_overrides: use_sampling, top_k, top_p, temperature, cfg_coef (None: the default).
+    """
+    duration = lm_config.duration if duration is None else duration
+    extend_stride = lm_config.extend_stride if extend_stride is None else extend_stride
+    overrides = {k: v for k, v in sampling_overrides.items() if v is not None}
+    # A checkpoint's default top_k may exceed a small test codebook; keep at most the whole
+    # codebook.
+    overrides.setdefault("top_k", min(lm_config.top_k, lm_config.card))
+    return gen.GenerationSettings(
+        duration=duration,
+        frame_rate=frame_rate,
+        max_duration=lm_config.max_duration if max_duration is None else max_duration,
+        extend_stride=extend_stride,
+        sampling=sampling.SamplingParams.from_lm_config(lm_config, **overrides),
+        frame_bucket=max(1, round(frame_rate)),
+    )
+
+
+def peek_configs(
+    name_or_dir: str | os.PathLike, cache_dir: str | None = None
+) -> tuple[EncodecConfig, LMConfig] | None:
+    """The codec and LM configs of what `from_pretrained` would load, without loading weights or
+    touching the network: None for a hub id not converted yet.
+
+    A directory is checked against its manifest's sizes first (`checkpoint.check_directory`).
+
+    Raises:
+      checkpoint.CheckpointError: a directory that is torn, or whose config is unreadable or has
+        fields of the wrong type.
+    """
+    name = os.fspath(name_or_dir)
+    if name == presets.TINY_RANDOM and not os.path.isdir(name):
+        codec_cfg, _, lm_cfg = presets.tiny_random_configs()
+        return codec_cfg, lm_cfg
+    if os.path.isdir(name):
+        directory = name
+    elif _looks_like_hub_id(name) and checkpoint.is_complete(_cache_dir(name, cache_dir)):
+        directory = _cache_dir(name, cache_dir)
+    elif _looks_like_hub_id(name):
+        return None
+    else:
+        resolve(name, cache_dir)  # raises the error saying what `name` is not
+        return None
+    checkpoint.check_directory(directory, hashes=False)
+    try:
+        return (
+            EncodecConfig.from_dict(checkpoint.read_config(directory, "compression")),
+            LMConfig.from_dict(checkpoint.read_config(directory, "lm")),
+        )
+    except checkpoint.CheckpointError:
+        raise
+    except ValueError as e:
+        raise checkpoint.CheckpointError(f"{directory}/{checkpoint.CONFIG_FILE}: {e}") from e
 
 
 class AudioGen:
@@ -272,6 +341,7 @@ class AudioGen:
         *,
         dtype: Any = None,
         cache_dir: str | None = None,
+        verify: bool | None = None,
     ) -> AudioGen:
         """Loads a converted directory, `"tiny-random"`, or a hub id (downloaded and converted
         once).
@@ -281,8 +351,16 @@ class AudioGen:
           dtype: LM weight dtype (e.g. `jnp.bfloat16`); None keeps the converted file's dtype.
           cache_dir: root of the conversion cache; default `$AUDIOGEN_JAX_CACHE` or
             `~/.cache/audiogen_jax`.
+          verify: check every file's sha256 against the manifest (True), sizes only (False), or
+            sizes plus the sha256 of files not yet hashed on this machine (None, the default:
+            a copied directory is hashed once; costs in docs/security.md).
+
+        Raises:
+          checkpoint.CheckpointError: a directory that is missing, torn (does not match its
+            manifest), corrupt, or holds non-finite weights; with how to convert it again.
         """
         directory = resolve(name_or_dir, cache_dir)
+        checkpoint.check_directory(directory, hashes=verify)
         try:
             codec = EncodecModel.from_pretrained(directory)
             lm = LMModel.from_pretrained(directory, dtype=dtype)
@@ -342,28 +420,18 @@ class AudioGen:
           extend_stride: seconds each window moves when generating beyond `max_duration`
             (0 < extend_stride < max_duration).
         """
-        cfg = self.lm.config
-        duration = cfg.duration if duration is None else duration
-        extend_stride = cfg.extend_stride if extend_stride is None else extend_stride
-        overrides = dict(
+        # Validated whole before it replaces the settings: nothing is applied unless all is valid.
+        self.settings = generation_settings(
+            self.lm.config,
+            self.frame_rate,
+            duration=duration,
+            max_duration=self.max_duration,
+            extend_stride=extend_stride,
             use_sampling=use_sampling,
             top_k=top_k,
             top_p=top_p,
             temperature=temperature,
             cfg_coef=cfg_coef,
-        )
-        overrides = {name: value for name, value in overrides.items() if value is not None}
-        # A checkpoint's default top_k may exceed a small test codebook; keep at most the whole
-        # codebook.
-        overrides.setdefault("top_k", min(cfg.top_k, cfg.card))
-        # Both constructors validate (nothing is applied unless all of it is valid).
-        self.settings = gen.GenerationSettings(
-            duration=duration,
-            frame_rate=self.frame_rate,
-            max_duration=self.max_duration,
-            extend_stride=extend_stride,
-            sampling=sampling.SamplingParams.from_lm_config(cfg, **overrides),
-            frame_bucket=max(1, round(self.frame_rate)),
         )
 
     @property
@@ -501,9 +569,7 @@ class AudioGen:
         return self._generate(descriptions, codes, progress, seed, return_tokens)
 
     def _generate(self, descriptions, prompt_codes, progress, seed, return_tokens):
-        if seed is None:
-            seed = int.from_bytes(os.urandom(4), "little")
-        key = jax.random.key(checks.integer("seed", seed))
+        key = seed_key(int.from_bytes(os.urandom(8), "little") if seed is None else seed)
         # The window is read when generating, as the reference reads its `max_duration` attribute.
         settings = dataclasses.replace(self.settings, max_duration=self.max_duration)
         codes, wav = gen.generate(
@@ -537,6 +603,7 @@ class MusicGen(AudioGen):
         *,
         dtype: Any = None,
         cache_dir: str | None = None,
+        verify: bool | None = None,
     ) -> MusicGen:
         """As `AudioGen.from_pretrained`, defaulting to facebook/musicgen-small."""
-        return super().from_pretrained(name_or_dir, dtype=dtype, cache_dir=cache_dir)
+        return super().from_pretrained(name_or_dir, dtype=dtype, cache_dir=cache_dir, verify=verify)

@@ -26,6 +26,26 @@ def _check(cond: bool, msg: str) -> None:
         raise ValueError(msg)
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# The JSON value each annotation accepts (annotations are strings under `from __future__`), and its
+# name in error messages. A config read from a file is checked against these before use, so a
+# field of the wrong type is one clear error, not a TypeError deep in the model.
+_JSON_KINDS = {
+    "int": (_is_int, "an integer"),
+    "float": (lambda v: (_is_int(v) or isinstance(v, float)) and math.isfinite(v), "a number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "str | None": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "tuple[int, ...]": (
+        lambda v: isinstance(v, (list, tuple)) and all(_is_int(x) for x in v),
+        "a list of integers",
+    ),
+}
+
+
 class _Dict:
     """to_dict / from_dict for JSON round trips (tuples come back as tuples)."""
 
@@ -34,10 +54,18 @@ class _Dict:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]):
+        """The config from its JSON form; raises ValueError naming any unknown key or a value of
+        the wrong type."""
+        if not isinstance(d, dict):
+            raise ValueError(f"{cls.__name__}: expected a JSON object, got {type(d).__name__}")
         names = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - set(names))
         if unknown:
             raise ValueError(f"{cls.__name__}: unknown config keys {unknown}")
+        for key, value in d.items():
+            ok, kind = _JSON_KINDS.get(str(names[key].type), (lambda v: True, ""))
+            if not ok(value):
+                raise ValueError(f"{cls.__name__}.{key} must be {kind}, got {value!r}")
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**kwargs)
 
@@ -215,6 +243,11 @@ class LMConfig(_Dict):
     interleave_stereo: bool = False
 
     def __post_init__(self):
+        _check(
+            min(self.dim, self.num_heads, self.num_layers, self.n_q, self.card) >= 1,
+            "dim, num_heads, num_layers, n_q and card must be >= 1",
+        )
+        _check(self.max_duration > 0, f"max_duration must be > 0 s, got {self.max_duration}")
         _check(
             self.dim % self.num_heads == 0,
             f"dim {self.dim} not divisible by num_heads {self.num_heads}",

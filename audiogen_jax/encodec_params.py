@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from audiogen_jax import checkpoint
+from audiogen_jax import checkpoint, hub
 from audiogen_jax.config import EncodecConfig
 from audiogen_jax.encodec import EncodecModel
 from audiogen_jax.io.audiocraft import YamlConfig, load_audiocraft_package, pretrained_pointer
@@ -385,10 +385,10 @@ def hf_encodec_rules(expected: Iterable[str], n_q: int) -> tuple[list[Rule], lis
     return rules, ignore
 
 
-def _hf_codec_files(src: str, via: str) -> tuple[str, str]:
-    """(config.json, weights) of a transformers EnCodec: in directory `src`, or downloaded from hub
-    repo `src` (only those two files)."""
-    if os.path.isdir(src):
+def _hf_codec_files(src: str, via: str | None) -> tuple[str, str]:
+    """(config.json, weights) of a transformers EnCodec: in directory `src` (when not `via` a
+    pointer), or downloaded from hub repo `src` (only those two files)."""
+    if via is None and os.path.isdir(src):
         config = os.path.join(src, "config.json")
         weights = [p for n in HF_CODEC_WEIGHTS if os.path.isfile(p := os.path.join(src, n))]
         if not os.path.isfile(config) or not weights:
@@ -397,29 +397,28 @@ def _hf_codec_files(src: str, via: str) -> tuple[str, str]:
                 f"{', '.join(HF_CODEC_WEIGHTS)}"
             )
         return config, weights[0]
-    # huggingface_hub is a dependency, imported here so that converting offline never loads it.
-    import huggingface_hub
-    from huggingface_hub.errors import RemoteEntryNotFoundError
+    # A name read from a downloaded file is only ever a hub id, never a local path.
+    if not hub.looks_like_hub_id(src) or len(src) > 96:
+        raise ConversionError(f"{via or src}: {src[:100]!r} is not a hub id (owner/name)")
 
-    def fetch(name: str) -> str:
+    def fetch(name: str) -> str | None:
         try:
-            return huggingface_hub.hf_hub_download(src, name)
-        except RemoteEntryNotFoundError:
-            raise
+            return hub.download(src, name)
         except Exception as e:  # noqa: BLE001 - offline, unknown repo, HTTP errors: one message
             raise DownloadError(
-                f"could not download {src!r} ({name}) from the Hugging Face hub, the codec {via} "
-                f"points to ({type(e).__name__}: {e}). Offline, download config.json and "
-                f"{HF_CODEC_WEIGHTS[0]} from https://huggingface.co/{src} into a directory DIR and "
-                f"convert with `audiogen-jax convert --compression DIR ...`."
+                f"could not download {src!r} ({name}) from the Hugging Face hub"
+                + (f", the codec {via} names" if via else "")
+                + f" ({type(e).__name__}: {e}). Offline, download "
+                f"config.json and {HF_CODEC_WEIGHTS[0]} from https://huggingface.co/{src} into a "
+                "directory DIR and convert with `audiogen-jax convert --compression DIR ...`."
             ) from e
 
     config = fetch("config.json")
+    if config is None:
+        raise ConversionError(f"{src} on the hub has no config.json: not a transformers EnCodec")
     for name in HF_CODEC_WEIGHTS:
-        try:
-            return config, fetch(name)
-        except RemoteEntryNotFoundError:
-            continue
+        if (weights := fetch(name)) is not None:
+            return config, weights
     raise ConversionError(f"{src}: no EnCodec weights ({', '.join(HF_CODEC_WEIGHTS)}) on the hub")
 
 
@@ -435,7 +434,6 @@ def convert_hf_encodec(
       via: the export that pointed here, for messages.
     """
     src = os.fspath(src)
-    via = via or src
     config_path, weights_path = _hf_codec_files(src, via)
     with open(config_path, encoding="utf-8") as f:
         cfg = encodec_config_from_hf(json.load(f), f"{src} (config.json)")
@@ -505,7 +503,10 @@ def convert_compression(src: str | os.PathLike, out_dir: str | os.PathLike) -> N
         )
     specs = checkpoint.param_specs(lambda: EncodecModel(cfg, rngs=nnx.Rngs(0)))
     expected = {k: shape for k, (shape, _) in specs.items()}
-    plan = plan_conversion(pkg.state, ENCODEC_RULES, expected, ENCODEC_IGNORE)
+    try:
+        plan = plan_conversion(pkg.state, ENCODEC_RULES, expected, ENCODEC_IGNORE)
+    except ConversionError as e:
+        raise ConversionError(f"{src}: {e}") from e
     os.makedirs(out_dir, exist_ok=True)
     write_file(
         os.path.join(out_dir, checkpoint.WEIGHT_FILES["compression"]),

@@ -6,9 +6,8 @@ with the configs their conversion gives: AudioGen-medium (16 kHz codec, t5-large
 family (32 kHz codec, t5-base; small, medium and large, mono and stereo). The configs are what the
 converter reads from each release's own `xp.cfg` (`lm_params.py`, `encodec_params.py`,
 `t5_params.py`); they are written out here for the documentation, the parameter counts and the
-benchmarks, never used in place of a checkpoint's config. `UNSUPPORTED` names the released
-checkpoints that need parts this package does not implement, so that asking for one fails before
-anything is downloaded.
+benchmarks, never used in place of a checkpoint's config. (`hub.UNSUPPORTED` names the released
+checkpoints that need parts this package does not implement.)
 
 `tiny-random` is a small random-weight AudioGen that runs the whole pipeline offline, quickly.
 It has the real model's structure at toy widths: a 16 kHz EnCodec with the medium model's ratios
@@ -26,7 +25,6 @@ import dataclasses
 import io
 import os
 import re
-import shutil
 import sysconfig
 
 import numpy as np
@@ -35,6 +33,7 @@ from flax import nnx
 from audiogen_jax import checkpoint, t5
 from audiogen_jax.config import MUSICGEN_SCALES, EncodecConfig, LMConfig, T5Config
 from audiogen_jax.encodec import EncodecModel
+from audiogen_jax.hub import TEXT_ENCODERS, TINY_RANDOM
 from audiogen_jax.io import safetensors
 from audiogen_jax.lm import DISK_LAYOUT, LAYOUT_KEY, LMModel
 
@@ -46,9 +45,13 @@ class Checkpoint:
     name: str  # hub id
     summary: str  # one line for listings
     codec: EncodecConfig  # the mono codec (stereo checkpoints run it on each channel)
-    t5_name: str  # the text encoder the LM's config names (downloaded from the hub too)
     t5: T5Config
     lm: LMConfig
+
+    @property
+    def t5_name(self) -> str:
+        """The text encoder the LM's config names (downloaded from the hub too)."""
+        return TEXT_ENCODERS[self.name]
 
 
 def _musicgen(scale: str, stereo: bool) -> Checkpoint:
@@ -58,7 +61,6 @@ def _musicgen(scale: str, stereo: bool) -> Checkpoint:
         name=f"facebook/musicgen-{'stereo-' if stereo else ''}{scale}",
         summary=f"text to {kind}, 32 kHz (the release's {size} size)",
         codec=EncodecConfig.musicgen(),
-        t5_name="t5-base",
         t5=T5Config.base(),
         lm=LMConfig.musicgen(scale, stereo=stereo),
     )
@@ -71,27 +73,13 @@ CHECKPOINTS = {
             name="facebook/audiogen-medium",
             summary="text to sound effects, 16 kHz (the release's 1.5B size)",
             codec=EncodecConfig.medium(),
-            t5_name="t5-large",
             t5=T5Config.large(),
             lm=LMConfig.medium(),
         ),
         *(_musicgen(scale, stereo) for stereo in (False, True) for scale in MUSICGEN_SCALES),
     )
 }
-_MELODY = (
-    "it conditions on a melody through a chroma conditioner (a chromagram of a reference "
-    "waveform), which audiogen-jax does not implement"
-)
-UNSUPPORTED = {
-    "facebook/musicgen-melody": _MELODY,
-    "facebook/musicgen-melody-large": _MELODY,
-    "facebook/musicgen-stereo-melody": _MELODY,
-    "facebook/musicgen-stereo-melody-large": _MELODY,
-    "facebook/musicgen-style": "it conditions on a style excerpt (a MERT-based style conditioner), "
-    "which audiogen-jax does not implement",
-}
 
-TINY_RANDOM = "tiny-random"
 NOISE_WARNING = (
     "warning: 'tiny-random' is a small model with RANDOM weights, for trying the pipeline offline: "
     "it makes noise, not sound. Use --model facebook/audiogen-medium (or a converted directory) "
@@ -206,10 +194,9 @@ def build_tiny_random(directory: str | os.PathLike, seed: int = 0) -> str:
       seed: the random init seed.
     """
     directory = os.fspath(directory)
-    tmp = f"{directory}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
+    # Built beside `directory` and swapped in whole, with its manifest; a second process building
+    # the same directory waits for the first.
+    with checkpoint.writing(directory, wait=True) as tmp:
         codec_cfg, t5_cfg, lm_cfg = tiny_random_configs()
         rng = np.random.default_rng(seed)
         weights = {
@@ -235,8 +222,4 @@ def build_tiny_random(directory: str | os.PathLike, seed: int = 0) -> str:
             {"input_dim": t5_cfg.d_model, "output_dim": lm_cfg.dim, "name": TINY_RANDOM},
         )
         train_tiny_tokenizer(os.path.join(tmp, checkpoint.TOKENIZER_DIR))
-        shutil.rmtree(directory, ignore_errors=True)
-        os.replace(tmp, directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return directory

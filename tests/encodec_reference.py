@@ -1,8 +1,9 @@
-"""Builds the PyTorch reference EnCodec (audiocraft 1.3.0) with random weights, and its real export file.
+"""Builds the reference EnCodec (audiocraft 1.3.0) with random weights, and its real export file.
 
-Shared by tests/test_encodec.py and benchmarks/bench_encodec.py. The reference is built from explicit
-constructor arguments (the PyPI audiocraft has no Hydra config folder), with the same values the
-checkpoint's `xp.cfg` YAML states, so the converter reads the config exactly as it would read a release.
+Shared by tests/test_encodec.py and benchmarks/bench_encodec.py. The reference is built from
+explicit constructor arguments (the PyPI audiocraft has no Hydra config folder), with the same
+values the checkpoint's `xp.cfg` YAML states, so the converter reads the config exactly as it
+would read a release.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import os
 
 from audiogen_jax.config import EncodecConfig
 
-# The YAML audiocraft exports is the whole training config, unresolved. This keeps the interpolations a
-# converter must follow (`${sample_rate}`, `${channels}`, `${encodec.causal}`) and one it must never touch.
+# The YAML audiocraft exports is the whole training config, unresolved. This keeps the
+# interpolations a converter must follow (`${sample_rate}`, `${channels}`, `${encodec.causal}`)
+# and one it must never touch.
 _XP_CFG = """\
 device: cpu
 dtype: float32
@@ -85,18 +87,21 @@ def build_reference(
     """A random-weight audiocraft `EncodecModel` for `cfg`, in eval mode.
 
     Weight norm is on (as in the release) and every `weight_g` is scaled by a random factor, so the
-    effective weights differ from `weight_v` and the converter's fold is really exercised; biases are
-    random too. The factor is U[0.5, 1.5), times sqrt(3) in the encoder: torch's default init,
+    effective weights differ from `weight_v` and the converter's fold is really exercised; biases
+    are random too. The factor is U[0.5, 1.5), times sqrt(3) in the encoder: torch's default init,
     U(+-1/sqrt(fan_in)), has variance 1/(3 fan_in) and shrinks the signal by ~sqrt(3) per conv, so
     after a dozen convs the input would be lost under the biases, and float32 rounding would be a
     large share of what distinguishes one latent from another; with sqrt(3) each encoder conv keeps
     the signal's scale, as a trained codec does. (The decoder keeps the plain factor: its output is
-    compared as floats, and the generation tests' audio tolerances were measured on it.) A fresh k-means RVQ is all zeros with `inited=0`, so the codebooks are filled the way
-    k-means starts: stage by stage, with random frames of the residual the previous stages leave on a
-    probe signal (noise and tones), plus Gaussian jitter of `jitter` times the residual's spread per
+    compared as floats, and the generation tests' audio tolerances were measured on it.)
+
+    A fresh k-means RVQ is all zeros with `inited=0`, so the codebooks are filled the way k-means
+    starts: stage by stage, with random frames of the residual the previous stages leave on a probe
+    signal (noise and tones), plus Gaussian jitter of `jitter` times the residual's spread per
     dimension (frames drawn without repeats where the probe has enough; codewords checked to be
-    distinct). The latents are first centred on the probe's mean. Codes then spread over the codebook
-    and each stage removes energy, as in a trained codec, and no choice is a near-tie (`top2_gaps`).
+    distinct). The latents are first centred on the probe's mean. Codes then spread over the
+    codebook and each stage removes energy, as in a trained codec, and no choice is a near-tie
+    (`top2_gaps`).
     """
     import torch
     from audiocraft.models.encodec import EncodecModel

@@ -1,16 +1,17 @@
-"""A whole reference AudioGen (audiocraft 1.3.0) with random weights, written in the release's file formats.
+"""A whole reference AudioGen (audiocraft 1.3.0) with random weights, in the release's formats.
 
-Shared by `benchmarks/bench_generate.py` (and usable by tests). It reuses the component builders the tests
-already have (`encodec_reference.build_reference`, `test_t5.random_hf_t5`, `test_lm.xp_cfg_yaml`,
-`refutil.save_audiocraft_package`, `spm_util.make_spiece_dir`) and adds what none of them has: the LM's
-state dict filled directly at full size (1.84 B parameters in fp16 in about a minute, instead of the 74 s
-gaussian init of a torch `LMModel` plus an fp32 copy), and the reference `AudioGen` assembled from the files,
-with a real `T5Conditioner` in its `ConditioningProvider`, so the reference runs exactly the weights our
-converter reads.
+Shared by `benchmarks/bench_generate.py` (and usable by tests). It reuses the component builders the
+tests already have (`encodec_reference.build_reference`, `test_t5.random_hf_t5`,
+`test_lm.xp_cfg_yaml`, `refutil.save_audiocraft_package`, `spm_util.make_spiece_dir`) and adds what
+none of them has: the LM's state dict filled directly at full size (1.84 B parameters in fp16 in
+about a minute, instead of the 74 s gaussian init of a torch `LMModel` plus an fp32 copy), and the
+reference `AudioGen` assembled from the files, with a real `T5Conditioner` in its
+`ConditioningProvider`, so the reference runs exactly the weights our converter reads.
 
-    files = write_checkpoints(directory, Bundle.medium())      # state_dict.bin, compression_state_dict.bin, t5/
-    convert(files, out_dir, "bfloat16")                        # convert_weights.py, as a user runs it
-    model = reference_audiogen(files, Bundle.medium())         # audiocraft AudioGen on the same weights
+    # writes state_dict.bin, compression_state_dict.bin and t5/
+    files = write_checkpoints(directory, Bundle.medium())
+    convert(files, out_dir, "bfloat16")  # convert_weights.py, as a user runs it
+    model = reference_audiogen(files, Bundle.medium())  # audiocraft AudioGen on the same weights
 """
 
 from __future__ import annotations
@@ -69,9 +70,10 @@ class Bundle:
 def lm_state_dict(cfg: LMConfig, seed: int = 0) -> dict:
     """A random fp16 audiocraft LM state dict (output_proj included), filled tensor by tensor.
 
-    Keys and shapes come from `measure_convert_memory.audiocraft_lm_shapes`, which tests/test_lm.py checks
-    against a real `LMModel`. Scales follow audiocraft's gaussian init (std 1/sqrt(fan_in), divided by
-    sqrt(2 (layer + 1)) inside the transformer, its `depthwise_init='current'`); norms get 1 + noise.
+    Keys and shapes come from `measure_convert_memory.audiocraft_lm_shapes`, which tests/test_lm.py
+    checks against a real `LMModel`. Scales follow audiocraft's gaussian init (std 1/sqrt(fan_in),
+    divided by sqrt(2 (layer + 1)) inside the transformer, its `depthwise_init='current'`); norms
+    get 1 + noise.
     """
     import torch
 
@@ -164,7 +166,8 @@ def write_checkpoints(
             files["compression"],
         )
     state = lm_state_dict(bundle.lm, seed)
-    # test_lm's config states AudioGen's top_k 250; a tiny codebook needs its own (the converter reads it).
+    # test_lm's config states AudioGen's top_k 250; a tiny codebook needs its own (the converter
+    # reads it).
     xp = xp_cfg_yaml(bundle.lm, bundle.t5_name).replace("top_k: 250", f"top_k: {bundle.lm.top_k}")
     save_audiocraft_package(files["lm"], state, xp, half=True)
     del state
@@ -174,7 +177,7 @@ def write_checkpoints(
 
 
 def convert(files: dict[str, str], out_dir: str | os.PathLike, dtype: str) -> str:
-    """Converts the three checkpoints with `convert_weights.py` (a child process, as a user runs it)."""
+    """Converts the three checkpoints with `convert_weights.py` in a child process, as users do."""
     out_dir = os.fspath(out_dir)
     if os.path.isfile(os.path.join(out_dir, DONE)):
         return out_dir
@@ -201,13 +204,17 @@ def convert(files: dict[str, str], out_dir: str | os.PathLike, dtype: str) -> st
 def reference_audiogen(
     files: dict[str, str], bundle: Bundle, lm_dtype: str = "float32", device: str = "cpu"
 ):
-    """audiocraft's `AudioGen` (or `MusicGen`, by the LM config's family) on the weights in `files`:
-    EnCodec, T5Conditioner and LM as the loaders build them; a stereo LM gets the codec wrapped in
-    `InterleaveStereoCompressionModel`, as `BaseGenModel` wraps it from the checkpoint's config.
+    """audiocraft's `AudioGen` (or `MusicGen`, by the LM config's family) on the weights in `files`.
 
-    The LM is built on the meta device (no init cost) and filled from the fp16 export with
-    `load_state_dict`, which upcasts to float32 like audiocraft's CPU loader; `lm_dtype='bfloat16'` then
-    casts it with `lm.to(torch.bfloat16)` (T5 and EnCodec stay float32, as in reference-setup.md §5).
+    A stereo LM gets the codec wrapped in `InterleaveStereoCompressionModel`, as `BaseGenModel`
+    wraps it from the checkpoint's config; a codec the release only names (`pretrained_codec`) is
+    the transformers EnCodec in `HFEncodecCompressionModel`, as `CompressionModel.get_pretrained`
+    builds it.
+
+    EnCodec, T5Conditioner and LM are built as audiocraft's loaders build them. The LM is built on
+    the meta device (no init cost) and filled from the fp16 export with `load_state_dict`, which
+    upcasts to float32 like audiocraft's CPU loader; `lm_dtype='bfloat16'` then casts it with
+    `lm.to(torch.bfloat16)` (T5 and EnCodec stay float32, as in reference-setup.md §5).
     On a CUDA `device`, audiocraft itself runs generation under float16 autocast.
     """
     import torch
@@ -231,7 +238,11 @@ def reference_audiogen(
     cfg = bundle.lm
     hf = transformers.T5EncoderModel.from_pretrained(files["t5"]).eval()
     tok = transformers.T5Tokenizer.from_pretrained(files["t5"])
-    fake = lambda obj: types.SimpleNamespace(from_pretrained=lambda name, **kw: obj)
+
+    def fake(obj):
+        # Stands in for a transformers class: its from_pretrained returns our prebuilt `obj`.
+        return types.SimpleNamespace(from_pretrained=lambda name, **kw: obj)
+
     saved = conditioners.T5EncoderModel, conditioners.T5Tokenizer
     conditioners.T5EncoderModel, conditioners.T5Tokenizer = fake(hf), fake(tok)
     try:

@@ -416,15 +416,28 @@ def test_melody_checkpoint_is_refused_with_what_is_missing(tmp_path, monkeypatch
     assert hub.calls == []
 
 
-def test_offline_command_line_names_what_could_not_be_downloaded(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("reachable", [False, True])
+def test_offline_command_line_names_what_could_not_be_downloaded(
+    tmp_path, monkeypatch, capsys, reachable
+):
+    """Offline (the hub's host unreachable: the check before loading anything), or reachable but
+    the files unobtainable (here a hub with no such repository): one line naming the checkpoint,
+    its files and the T5 it needs."""
     import huggingface_hub
 
+    from audiogen_jax import hub
+
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", FakeHub({}))
+    monkeypatch.setattr(
+        hub, "unreachable_reason", lambda *a, **k: None if reachable else "no network (test)"
+    )
     argv = ["generate", "lo-fi piano", "--model", "facebook/musicgen-small"]
     assert cli.main([*argv, "--out-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path)]) == 1
     err = capsys.readouterr().err
-    assert "could not download 'facebook/musicgen-small' (state_dict.bin)" in err
-    assert "google-t5/t5-base" in err and not (tmp_path / "out").exists()
+    assert err.startswith("error: could not download 'facebook/musicgen-small'")
+    for what in ("state_dict.bin", "compression_state_dict.bin", "google-t5/t5-base"):
+        assert what in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_transformers_encodec_configs():
