@@ -1,16 +1,22 @@
-"""The `AudioGen` API: text (and optionally an audio prompt) to audio, like audiocraft's `AudioGen`.
+"""The `AudioGen` / `MusicGen` API: text (and optionally an audio prompt) to audio or music.
 
     model = AudioGen.from_pretrained("facebook/audiogen-medium")  # or a converted dir, tiny-random
     model.set_generation_params(duration=5.0)
-    wav = model.generate(["dog barking", "sirens"], seed=0)  # [B, 1, W] float32
+    wav = model.generate(["dog barking", "sirens"], seed=0)  # [B, C, W] float32
+
+    model = MusicGen.from_pretrained("facebook/musicgen-stereo-small")  # the same class underneath
+    wav = model.generate(["lo-fi piano"], seed=0)  # [1, 2, W]: 15 s of stereo at 32 kHz
 
 `from_pretrained` accepts
   - a converted directory (`convert_weights.py ... --out DIR`);
   - `"tiny-random"`: a small random-weight model built offline (see `presets.py`; it makes noise);
-  - a hub id such as `facebook/audiogen-medium`: downloads `state_dict.bin` and
-    `compression_state_dict.bin` with huggingface_hub, plus the T5 encoder its config names
-    (`t5-large`: config.json, model.safetensors, spiece.model and tokenizer files), converts them
-    once (`encodec_params.py`, `lm_params.py`, `t5_params.py`), and caches the converted
+  - a hub id such as `facebook/audiogen-medium` or `facebook/musicgen-small` (`presets.CHECKPOINTS`
+    lists the released ones): downloads `state_dict.bin` and `compression_state_dict.bin` with
+    huggingface_hub (and, when the latter only names a pretrained codec, that codec's config.json
+    and weights, e.g. `facebook/encodec_32khz`), plus the T5 encoder its config names (`t5-large`
+    for AudioGen, `t5-base` for MusicGen: config.json, model.safetensors, spiece.model and
+    tokenizer files), converts them once (`encodec_params.py`, `lm_params.py`, `t5_params.py`),
+    and caches the converted
     directory under `$AUDIOGEN_JAX_CACHE/<name>` (default `~/.cache/audiogen_jax/<name>`). Later
     calls load the cache without touching the network; an entry of an older format version, or
     one that does not match its manifest, is converted again. Files already in the Hugging Face
@@ -21,9 +27,18 @@ Every directory is checked against its manifest before loading (`checkpoint.chec
 sizes always, sha256 at the first load of files not hashed on this machine) and every weight is
 checked to be finite.
 
-References: audiocraft 1.3.0 `models/audiogen.py` (`AudioGen`), `models/genmodel.py`
-(`BaseGenModel`: `set_generation_params`, `generate`, `generate_unconditional`,
-`generate_continuation`), `models/loaders.py`.
+One class for the family. In the reference, `AudioGen` and `MusicGen` are thin subclasses of
+`BaseGenModel` that differ only in their default model and generation defaults (AudioGen: 5 s,
+extend stride 2 s; MusicGen: 15 s, 18 s). Here those defaults are stored with each converted
+checkpoint (`LMConfig.family`, `duration`, `extend_stride`, from its training config's `solver`), so
+`AudioGen.from_pretrained("facebook/musicgen-small")` behaves as the reference's `MusicGen`, and
+`MusicGen` is the same class with MusicGen's default model, for code written against the reference.
+Stereo checkpoints wrap the codec in `stereo.InterleaveStereoCompressionModel` (their LM's config
+says so) and return `[B, 2, W]`.
+
+References: audiocraft 1.3.0 `models/audiogen.py` (`AudioGen`), `models/musicgen.py` (`MusicGen`),
+`models/genmodel.py` (`BaseGenModel`: `set_generation_params`, `generate`,
+`generate_unconditional`, `generate_continuation`), `models/loaders.py`.
 
 Differences from the reference:
 - Every call takes a `seed`, any integer in [-2**63, 2**64) (negative seeds count modulo 2**64, as
@@ -37,6 +52,9 @@ Differences from the reference:
   the tokens are the same as with exact shapes (see `generate.py`).
 - `two_step_cfg` and `set_custom_progress_callback` are not provided; `progress=True` shows a tqdm
   bar.
+- `set_generation_params` without a duration (or stride) keeps the model's default, 5 s for
+  AudioGen and 15 s for MusicGen; the reference resets it to its argument default (10 s / 30 s).
+- MusicGen-melody (`generate_with_chroma`) is not implemented; loading a melody checkpoint says so.
 """
 
 from __future__ import annotations
@@ -62,12 +80,14 @@ from audiogen_jax import (
     lm_params,
     presets,
     sampling,
+    stereo,
     t5,
     t5_params,
 )
 from audiogen_jax import generate as gen
 from audiogen_jax.config import EncodecConfig, LMConfig
 from audiogen_jax.encodec import EncodecModel
+from audiogen_jax.io.errors import DownloadError
 from audiogen_jax.lm import LMModel
 
 DEFAULT_MODEL = hub.DEFAULT_MODEL
@@ -85,17 +105,18 @@ def _download(name: str, filename: str) -> str:
         path = hub.download(name, filename)
     except hub.HubUnreachable as e:
         raise checkpoint.CheckpointError(
-            f"could not download {name!r}: {e} (offline?). {_offline_help(name)}"
+            f"could not download {name!r} ({filename}): {e} (offline?). {_offline_help(name)}"
         ) from e
     except Exception as e:  # noqa: BLE001 - unknown repository, HTTP errors: one clear message
         raise checkpoint.CheckpointError(
-            f"could not download {name!r} from the Hugging Face hub ({type(e).__name__}: {e}). "
+            f"could not download {name!r} ({filename}) from the Hugging Face hub "
+            f"({type(e).__name__}: {e}). "
             f"If you are offline or the id is wrong, this is why. {_offline_help(name)}"
         ) from e
     if path is None:
         raise checkpoint.CheckpointError(
-            f"{name!r} on the Hugging Face hub has no {filename}: not an audiocraft AudioGen "
-            "release"
+            f"{name!r} on the Hugging Face hub has no {filename}: not an audiocraft AudioGen or "
+            "MusicGen release"
         )
     return path
 
@@ -125,6 +146,8 @@ def download_and_convert(name: str, cache_root_dir: str | None = None) -> str:
             try:
                 encodec_params.convert_compression(compression_file, tmp)
                 lm_params.convert_lm(lm_file, tmp)
+            except DownloadError as e:  # the codec the compression file names (MusicGen-stereo)
+                raise checkpoint.CheckpointError(f"{name}: {e}") from e
             except (OSError, ValueError) as e:
                 raise checkpoint.CheckpointError(
                     f"the checkpoint downloaded for {name!r} could not be converted: {e}\n"
@@ -153,6 +176,8 @@ def resolve(name_or_dir: str | os.PathLike, cache_root_dir: str | None = None) -
             f"{name} is a file; give a converted directory (see `audiogen-jax convert --help`), "
             f"a hub id such as {DEFAULT_MODEL!r}, or {presets.TINY_RANDOM!r}"
         )
+    if name in hub.UNSUPPORTED:
+        raise checkpoint.CheckpointError(hub.unsupported_message(name))
     if name == presets.TINY_RANDOM:
         final = _cache_dir(name, cache_root_dir)
         if not checkpoint.is_complete(final):
@@ -201,9 +226,9 @@ def generation_settings(
     lm_config: LMConfig,
     frame_rate: float,
     *,
-    duration: float,
+    duration: float | None = None,
     max_duration: float | None = None,
-    extend_stride: float = 2.0,
+    extend_stride: float | None = None,
     **sampling_overrides: Any,
 ) -> gen.GenerationSettings:
     """The `GenerationSettings` of `AudioGen.set_generation_params` for a model's configs (the
@@ -212,10 +237,13 @@ def generation_settings(
     Args:
       lm_config: the LM's config (codebook size, generation defaults, window).
       frame_rate: the codec's frames per second.
-      duration, extend_stride: as `set_generation_params`.
+      duration, extend_stride: as `set_generation_params`; None: the checkpoint's defaults (its
+        family's: AudioGen 5 s and 2 s, MusicGen 15 s and 18 s).
       max_duration: seconds per window; default the config's.
       **sampling_overrides: use_sampling, top_k, top_p, temperature, cfg_coef (None: the default).
     """
+    duration = lm_config.duration if duration is None else duration
+    extend_stride = lm_config.extend_stride if extend_stride is None else extend_stride
     overrides = {k: v for k, v in sampling_overrides.items() if v is not None}
     # A checkpoint's default top_k may exceed a small test codebook; keep at most the whole
     # codebook.
@@ -268,11 +296,12 @@ def peek_configs(
 
 
 class AudioGen:
-    """Text-to-audio generation with a converted AudioGen checkpoint.
+    """Text-to-audio (or music) generation with a converted AudioGen or MusicGen checkpoint.
 
     Attributes:
       name: what the model was loaded from.
-      compression_model: the `EncodecModel`.
+      compression_model: the `EncodecModel` (stereo: wrapped in an
+        `InterleaveStereoCompressionModel`).
       lm: the `LMModel`.
       conditioner: the `T5Conditioner` (T5 encoder + output_proj).
       tokenizer: the T5 tokenizer.
@@ -303,7 +332,7 @@ class AudioGen:
         # Seconds per generation window (the training segment), from the checkpoint; an attribute,
         # as in the reference, so it can be lowered to exercise the sliding window cheaply.
         self.max_duration = float(lm.config.max_duration)
-        self.set_generation_params(duration=5.0)
+        self.set_generation_params()
 
     @classmethod
     def from_pretrained(
@@ -345,6 +374,8 @@ class AudioGen:
                 "it looks incomplete or corrupt: convert it again (`audiogen-jax convert ... "
                 "--out DIR`)"
             ) from e
+        if lm.config.interleave_stereo:
+            codec = stereo.InterleaveStereoCompressionModel(codec)
         model = cls(os.fspath(name_or_dir), codec, lm, conditioner, tokenizer)
         model.directory = directory
         return model
@@ -367,16 +398,17 @@ class AudioGen:
 
     def set_generation_params(
         self,
-        duration: float = 5.0,
+        duration: float | None = None,
         use_sampling: bool | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
         temperature: float | None = None,
         cfg_coef: float | None = None,
-        extend_stride: float = 2.0,
+        extend_stride: float | None = None,
     ) -> None:
-        """Sets how `generate*` sample. Unset sampling values take the checkpoint's defaults
-        (AudioGen: sampling, top_k 250, top_p 0, temperature 1, cfg_coef 3).
+        """Sets how `generate*` sample. Unset values take the checkpoint's defaults (AudioGen and
+        MusicGen alike: sampling, top_k 250, top_p 0, temperature 1, cfg_coef 3; duration and
+        extend_stride 5 s and 2 s for AudioGen, 15 s and 18 s for MusicGen).
 
         Args:
           duration: seconds of audio to produce (> 0); beyond `max_duration`, a sliding window.
@@ -449,8 +481,8 @@ class AudioGen:
           return_tokens: also return the codes.
 
         Returns:
-          wav [B, 1, W] float32 numpy at `sample_rate` (and codes [B, K, T] int32 if
-          `return_tokens`).
+          wav [B, C, W] float32 numpy at `sample_rate`, C = `audio_channels` (and codes
+          [B, K, T] int32 if `return_tokens`).
         """
         descriptions = _check_descriptions(descriptions, allow_none=False)
         return self._generate(descriptions, None, progress, seed, return_tokens)
@@ -479,15 +511,15 @@ class AudioGen:
         """Continues audio prompts; the output starts with the (re-encoded) prompt.
 
         Args:
-          prompt: [C, W] or [B, C, W] float audio; mono or stereo (mixed down to the model's
-            channels, and resampled when `prompt_sample_rate` differs, as the reference's
-            `convert_audio`).
+          prompt: [C, W] or [B, C, W] float audio; mono or stereo (mixed down to a mono model,
+            mono repeated for a stereo one, and resampled when `prompt_sample_rate` differs, as the
+            reference's `convert_audio`).
           prompt_sample_rate: the prompt's sample rate in Hz.
           descriptions: B descriptions (or None entries); None means unconditional.
           progress, seed, return_tokens: as `generate`.
 
         Returns:
-          wav [B, 1, W] float32 numpy (and codes when `return_tokens`).
+          wav [B, C, W] float32 numpy (and codes when `return_tokens`).
         """
         wav = np.asarray(prompt)
         if wav.ndim == 2:
@@ -499,11 +531,12 @@ class AudioGen:
         if not np.issubdtype(wav.dtype, np.floating):
             raise ValueError(f"prompt must be float audio, got dtype {wav.dtype}")
         B, C, W = wav.shape
-        if C not in (1, 2) or (C != self.audio_channels and self.audio_channels != 1):
+        # Mono is repeated for a stereo model, stereo mixed down for a mono one.
+        if C not in (1, 2):
             hint = " (is it [W, C]? transpose it)" if C > W else ""
             raise ValueError(
-                f"prompt has {C} channels{hint}; expected [C, W] with C = {self.audio_channels} "
-                "(or stereo, which is mixed down)"
+                f"prompt has {C} channels{hint}; expected [C, W] with C = 1 or 2 (the model has "
+                f"{self.audio_channels})"
             )
         if W == 0 or not np.all(np.isfinite(wav)):
             raise ValueError("prompt must be non-empty and finite")
@@ -552,3 +585,25 @@ class AudioGen:
             splits=self._splits,
         )
         return (wav, codes) if return_tokens else wav
+
+
+class MusicGen(AudioGen):
+    """`AudioGen` with MusicGen's default model, for code written against the reference's class.
+
+    Nothing else differs: the generation defaults (15 s, extend stride 18 s) come with each
+    MusicGen checkpoint, so `AudioGen.from_pretrained("facebook/musicgen-small")` is the same model.
+    """
+
+    DEFAULT = "facebook/musicgen-small"
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_dir: str | os.PathLike = DEFAULT,
+        *,
+        dtype: Any = None,
+        cache_dir: str | None = None,
+        verify: bool | None = None,
+    ) -> MusicGen:
+        """As `AudioGen.from_pretrained`, defaulting to facebook/musicgen-small."""
+        return super().from_pretrained(name_or_dir, dtype=dtype, cache_dir=cache_dir, verify=verify)

@@ -3,6 +3,7 @@
     audiogen-jax generate "dog barking" "sirens of an emergency vehicle" --duration 5 --seed 0
     audiogen-jax generate "rain" --model tiny-random --duration 1 --out-dir out/   # offline, noise
     audiogen-jax generate "footsteps" --continue prompt.wav --duration 6 --out-dir out/
+    audiogen-jax generate "lo-fi piano" --model facebook/musicgen-small --out-dir out/  # music
     audiogen-jax convert --compression compression_state_dict.bin --lm state_dict.bin \\
         --t5 t5-large --out DIR
 
@@ -77,7 +78,10 @@ def _convert_parser() -> argparse.ArgumentParser:
         epilog=CONVERT_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--compression", help="audiocraft compression_state_dict.bin (EnCodec)")
+    p.add_argument(
+        "--compression",
+        help="audiocraft compression_state_dict.bin (EnCodec), or a transformers EnCodec directory",
+    )
     p.add_argument("--lm", help="audiocraft state_dict.bin (the transformer LM)")
     p.add_argument(
         "--t5", help="Hugging Face T5 checkpoint: a directory or a hub id such as t5-large"
@@ -144,6 +148,8 @@ GENERATE_EXAMPLES = """\
 examples:
   # the released model (downloaded and converted once, 6.86 GB), files in the current directory
   audiogen-jax generate "dog barking" "sirens of an emergency vehicle" --duration 5 --seed 0
+  # music: MusicGen (15 s by default; -stereo-small etc. write stereo files)
+  audiogen-jax generate "lo-fi piano" --model facebook/musicgen-small
   # offline: the small random-weight model (it makes noise), to try the pipeline
   audiogen-jax generate "rain" --model tiny-random --duration 1 --out-dir out/
   # continue a recording, greedy, as 24-bit FLAC, from a converted directory
@@ -158,7 +164,8 @@ existing file is never replaced unless --overwrite is given; a run writes all it
 def _generate_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="audiogen-jax generate",
-        description="Text (and optionally an audio prompt) to audio with AudioGen.",
+        description="Text (and optionally an audio prompt) to audio (AudioGen) or music "
+        "(MusicGen).",
         epilog=GENERATE_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -166,9 +173,15 @@ def _generate_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         default=DEFAULT_MODEL,
-        help=f"hub id (default {DEFAULT_MODEL}), a converted directory, or 'tiny-random'",
+        help=f"hub id (default {DEFAULT_MODEL}; released: {', '.join(hub.TEXT_ENCODERS)}), "
+        "a converted directory, or 'tiny-random'",
     )
-    p.add_argument("--duration", type=float, default=5.0, help="seconds of audio (default 5)")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="seconds of audio (default: the model's, 5 for AudioGen, 15 for MusicGen)",
+    )
     p.add_argument(
         "--allow-long",
         action="store_true",
@@ -198,8 +211,9 @@ def _generate_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--extend-stride",
         type=float,
-        default=2.0,
-        help="seconds each window moves beyond the model's max duration (default 2)",
+        default=None,
+        help="seconds each window moves beyond the model's max duration (default: the model's, "
+        "2 for AudioGen, 18 for MusicGen)",
     )
     p.add_argument(
         "--continue",
@@ -292,14 +306,18 @@ def _check_args(args: argparse.Namespace) -> None:
     for i, d in enumerate(args.descriptions):
         if not d.strip():
             raise UsageError(f"description {i + 1} is empty")
-    if not math.isfinite(args.duration) or args.duration <= 0:
+    if args.duration is None:
+        pass  # the model's default
+    elif not math.isfinite(args.duration) or args.duration <= 0:
         raise UsageError(f"--duration must be a positive number of seconds, got {args.duration}")
-    if args.duration > MAX_DURATION and not args.allow_long:
+    elif args.duration > MAX_DURATION and not args.allow_long:
         raise UsageError(
             f"--duration {args.duration:g} s is beyond {MAX_DURATION:g} s; generation time grows "
             "with it (one window of the model per few seconds): give --allow-long if you mean it"
         )
-    if not math.isfinite(args.extend_stride) or args.extend_stride <= 0:
+    if args.extend_stride is not None and (
+        not math.isfinite(args.extend_stride) or args.extend_stride <= 0
+    ):
         raise UsageError(
             f"--extend-stride must be a positive number of seconds, got {args.extend_stride}"
         )

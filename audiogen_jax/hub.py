@@ -30,6 +30,29 @@ COMPRESSION_FILE = "compression_state_dict.bin"
 # What a first download costs, for the offline message (scripts/model_sizes.py, docs/hardware.md):
 # state_dict.bin + compression_state_dict.bin + the T5 files its config names.
 DOWNLOAD_SIZES = {DEFAULT_MODEL: "6.86 GB with the t5-large text encoder"}
+# The text encoder each released checkpoint's LM config names (`presets.CHECKPOINTS` has the rest
+# of their configs); the offline message says where to get it.
+TEXT_ENCODERS = {
+    DEFAULT_MODEL: "t5-large",
+    **{
+        f"facebook/musicgen-{stereo}{scale}": "t5-base"
+        for stereo in ("", "stereo-")
+        for scale in ("small", "medium", "large")
+    },
+}
+# Released checkpoints that need parts audiogen-jax does not implement: refused before any download.
+_MELODY = (
+    "it conditions on a melody through a chroma conditioner (a chromagram of a reference "
+    "waveform), which audiogen-jax does not implement"
+)
+UNSUPPORTED = {
+    "facebook/musicgen-melody": _MELODY,
+    "facebook/musicgen-melody-large": _MELODY,
+    "facebook/musicgen-stereo-melody": _MELODY,
+    "facebook/musicgen-stereo-melody-large": _MELODY,
+    "facebook/musicgen-style": "it conditions on a style excerpt (a MERT-based style conditioner), "
+    "which audiogen-jax does not implement",
+}
 TINY_RANDOM = "tiny-random"  # the offline model (presets.py)
 PROBE_TIMEOUT = 1.5  # seconds for the name lookup and the connection together
 _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
@@ -139,12 +162,24 @@ def looks_like_hub_id(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not name.startswith((".", "~")) and " " not in name
 
 
+def unsupported_message(name: str) -> str:
+    return (
+        f"{name} is not supported: {UNSUPPORTED[name]}. Supported checkpoints: "
+        f"{', '.join(TEXT_ENCODERS)}"
+    )
+
+
 def how_to_get(name: str) -> str:
+    t5 = TEXT_ENCODERS.get(name)
+    t5_where = (
+        f"https://huggingface.co/google-t5/{t5}"
+        if t5
+        else "the T5 its config names (t5-large for AudioGen, t5-base for MusicGen)"
+    )
     return (
         f"To get it offline: download {LM_FILE} and {COMPRESSION_FILE} from "
         f"https://huggingface.co/{name} and the T5 files (config.json, model.safetensors, "
-        "spiece.model) "
-        "from https://huggingface.co/google-t5/t5-large, convert them with `audiogen-jax convert "
+        f"spiece.model) from {t5_where}, convert them with `audiogen-jax convert "
         "--compression compression_state_dict.bin --lm state_dict.bin --t5 T5_DIR --out DIR` and "
         "pass DIR."
     )
@@ -165,6 +200,8 @@ def offline_problem(name: str, root: str | None = None) -> str | None:
 
     Cheap (no JAX): the command line asks it before loading anything.
     """
+    if name in UNSUPPORTED:
+        return unsupported_message(name)
     if os.path.isfile(os.path.join(converted_dir(name, root), "manifest.json")):
         return None
     import huggingface_hub

@@ -337,6 +337,8 @@ def run(args, on_step=None) -> int:
         lm = LMModel.from_pretrained(model_dir, dtype=base_dtype)
     except (checkpoint.CheckpointError, ValueError, OSError) as e:
         raise TrainError(f"--model {args.model}: {e}") from e
+    if lm.config.interleave_stereo:  # the data cache encodes mono audio
+        raise TrainError(f"--model {args.model}: fine-tuning a stereo model is not supported")
     settings = _settings(args, model_dir, lm.config.max_duration)
     examples, skipped = data.find_examples(args.data)
     _open_run(args, settings)

@@ -3,10 +3,12 @@
     .venv/bin/python benchmarks/bench_generate.py              # full size, 1 description, 1 s
     .venv/bin/python benchmarks/bench_generate.py --batch 1 3 --json bench.json
     .venv/bin/python benchmarks/bench_generate.py --tiny       # tiny configs, ~1 min (smoke test)
+    .venv/bin/python benchmarks/bench_generate.py --preset facebook/musicgen-small
 
 What it does, in order:
-  1. Builds AudioGen-medium (or the tiny configs) with random weights once and caches the files
-     under `--workdir` (default ~/.cache/audiogen_jax_bench/<medium|tiny>): the LM as the release
+  1. Builds AudioGen-medium (or any `--preset` in `presets.CHECKPOINTS`, or the tiny configs) with
+     random weights once and caches the files under `--workdir` (default
+     ~/.cache/audiogen_jax_bench/<medium|preset|tiny>): the LM as the release
      stores it (fp16 `state_dict.bin`, audiocraft's export format), `compression_state_dict.bin`,
      and a Hugging Face T5 directory (`tests/refmodels.py`). Then `convert_weights.py` converts
      them to a float32 and a bfloat16 directory. Reruns start here in seconds.
@@ -69,16 +71,24 @@ DTYPES = ("float32", "bfloat16", "int8")  # int8: audiogen-jax only (an opt-in b
 GIB = 2**30
 
 
-def default_workdir(tiny: bool) -> str:
-    return os.path.join(
-        os.path.expanduser("~"), ".cache", "audiogen_jax_bench", "tiny" if tiny else "medium"
-    )
+DEFAULT_PRESET = "facebook/audiogen-medium"
 
 
-def bundle_for(tiny: bool):
+def default_workdir(tiny: bool, preset: str = DEFAULT_PRESET) -> str:
+    name = "tiny" if tiny else ("medium" if preset == DEFAULT_PRESET else preset.split("/")[-1])
+    return os.path.join(os.path.expanduser("~"), ".cache", "audiogen_jax_bench", name)
+
+
+def bundle_for(tiny: bool, preset: str = DEFAULT_PRESET):
+    """The configs to build: the tiny ones, or a released checkpoint's (`presets.CHECKPOINTS`)."""
     from refmodels import Bundle
 
-    return Bundle.tiny() if tiny else Bundle.medium()
+    from audiogen_jax.presets import CHECKPOINTS
+
+    if tiny:
+        return Bundle.tiny()
+    c = CHECKPOINTS[preset]
+    return Bundle(c.codec, c.t5, c.lm, c.t5_name)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -314,7 +324,7 @@ def run_jax(args, directory, bundle) -> dict:
 def child_main(args) -> None:
     from refmodels import write_checkpoints
 
-    bundle = bundle_for(args.tiny)
+    bundle = bundle_for(args.tiny, args.preset)
     if args.child == "prepare":
         write_checkpoints(os.path.join(args.workdir, "src"), bundle)
         return
@@ -349,6 +359,8 @@ def run_child(args, impl: str, dtype: str | None, result_path: str) -> dict:
         *map(str, args.batch),
         "--reference-device",
         args.reference_device,
+        "--preset",
+        args.preset,
     ]
     if dtype:
         cmd += ["--dtype", dtype]
@@ -455,6 +467,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--tiny", action="store_true", help="tiny configs (seconds; for the smoke test)"
     )
+    from audiogen_jax.presets import CHECKPOINTS
+
+    ap.add_argument(
+        "--preset",
+        default=DEFAULT_PRESET,
+        choices=sorted(CHECKPOINTS),
+        help=f"the released checkpoint whose configs to build (default {DEFAULT_PRESET})",
+    )
     ap.add_argument("--workdir", help="where the random checkpoints and conversions are cached")
     ap.add_argument(
         "--bandwidth-gib", type=float, default=None, help="size of the bandwidth probe array"
@@ -473,17 +493,20 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--batch values must be in [1, {len(DESCRIPTIONS)}]")
     if args.duration <= 0:
         ap.error("--duration must be > 0")
-    args.workdir = os.path.abspath(os.path.expanduser(args.workdir or default_workdir(args.tiny)))
+    args.workdir = os.path.abspath(
+        os.path.expanduser(args.workdir or default_workdir(args.tiny, args.preset))
+    )
     if args.child:
         child_main(args)
         return 0
 
     from refmodels import convert, write_checkpoints
 
-    bundle = bundle_for(args.tiny)
+    bundle = bundle_for(args.tiny, args.preset)
     t0 = time.perf_counter()
     subprocess.run(
         [sys.executable, os.path.abspath(__file__), "--child", "prepare", "--workdir", args.workdir]
+        + ["--preset", args.preset]
         + (["--tiny"] if args.tiny else []),
         check=True,
         cwd=REPO,
@@ -511,6 +534,7 @@ def main(argv: list[str] | None = None) -> int:
         "bandwidth_gbs": bandwidth,
         "prepare_s": prepare_s,
         "tiny": args.tiny,
+        "preset": None if args.tiny else args.preset,
         "cpu_count": os.cpu_count(),
         "jax": jax.__version__,
         "backend": jax.default_backend(),

@@ -221,3 +221,58 @@ def top2_gaps(model, wav):
             gaps.append((top2.values[:, 1] - top2.values[:, 0]) / scale)
             residual = residual - E[dist.argmin(1)]
     return torch.stack(gaps, 1).reshape(B, T, -1).transpose(1, 2).numpy()
+
+
+def save_transformers(model, cfg: EncodecConfig, directory: str | os.PathLike) -> str:
+    """Writes `model` (an audiocraft EnCodec) as a transformers `EncodecModel` directory
+    (`save_pretrained`: config.json + model.safetensors), the format of facebook/encodec_32khz.
+
+    The two are the same SEANet under other names, so the state dict is renamed, not converted:
+    `X.model.i` -> `X.layers.i`, `conv.conv` / `convtr.convtr` -> `conv`, weight norm's g and v ->
+    the parametrisation's `original0` / `original1`, `quantizer.vq.layers.q._codebook` ->
+    `quantizer.layers.q.codebook`. The target bandwidth is the one that selects all `n_q`
+    codebooks.
+    """
+    import re
+
+    import transformers
+
+    if cfg.final_activation is not None or cfg.elu_alpha != 1.0:
+        raise ValueError("transformers' EnCodec has no final activation and ELU alpha 1")
+    hf_cfg = transformers.EncodecConfig(
+        target_bandwidths=[cfg.n_q * cfg.frame_rate * math.log2(cfg.bins) / 1000],
+        sampling_rate=cfg.sample_rate,
+        audio_channels=cfg.channels,
+        normalize=False,
+        hidden_size=cfg.dimension,
+        num_filters=cfg.n_filters,
+        num_residual_layers=cfg.n_residual_layers,
+        upsampling_ratios=list(cfg.ratios),
+        kernel_size=cfg.kernel_size,
+        last_kernel_size=cfg.last_kernel_size,
+        residual_kernel_size=cfg.residual_kernel_size,
+        dilation_growth_rate=cfg.dilation_base,
+        use_causal_conv=cfg.causal,
+        pad_mode=cfg.pad_mode,
+        compress=cfg.compress,
+        num_lstm_layers=cfg.lstm,
+        trim_right_ratio=cfg.trim_right_ratio,
+        codebook_size=cfg.bins,
+        use_conv_shortcut=not cfg.true_skip,
+    )
+    hf = transformers.EncodecModel(hf_cfg)
+    renames = [
+        (r"^(encoder|decoder)\.model\.", r"\1.layers."),
+        (r"\.(conv\.conv|convtr\.convtr)\.", ".conv."),
+        (r"\.weight_g$", ".parametrizations.weight.original0"),
+        (r"\.weight_v$", ".parametrizations.weight.original1"),
+        (r"^quantizer\.vq\.layers\.(\d+)\._codebook\.", r"quantizer.layers.\1.codebook."),
+    ]
+    state = {}
+    for key, value in model.state_dict().items():
+        for pattern, repl in renames:
+            key = re.sub(pattern, repl, key)
+        state[key] = value
+    hf.load_state_dict(state, strict=True)
+    hf.eval().save_pretrained(directory)
+    return os.fspath(directory)

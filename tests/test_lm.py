@@ -216,10 +216,16 @@ def test_one_kernel_layout_on_disk(tiny, tmp_path):
 def xp_cfg_yaml(cfg: LMConfig, t5_name: str, extra: str = "") -> str:
     """A training config written the way audiocraft exports it: unresolved interpolations and
     obsolete keys."""
+    stereo = (
+        "channels: 2\ninterleave_stereo_codebooks:\n  use: true\n  per_timestep: false\n"
+        if cfg.interleave_stereo
+        else "channels: 1\n"
+    )
     return f"""
 device: cpu
 dtype: float32
-lm_model: transformer_lm
+solver: {cfg.family}
+{stereo}lm_model: transformer_lm
 guidance_coef: {cfg.cfg_coef}
 dora:
   dir: /checkpoint/${{oc.env:SOME_UNSET_USER_VARIABLE_XYZ}}/xps

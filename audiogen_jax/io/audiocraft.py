@@ -3,7 +3,8 @@
 audiocraft exports a model (`state_dict.bin`, `compression_state_dict.bin`) as a `torch.save`d dict:
 `best_state` (the model's state dict), `xp.cfg` (the whole training config as a YAML string, its
 OmegaConf interpolations `${...}` unresolved), `version` and `exported`. `load_audiocraft_package`
-reads one without torch; `YamlConfig` resolves the interpolations of the keys that are read.
+reads one without torch; `YamlConfig` resolves the interpolations of the keys that are read. A
+codec export may instead point to a pretrained model by name (`pretrained_pointer`).
 
 The config comes from an untrusted file, so its parsing is bounded, each limit a clear
 `ConversionError`: the YAML text is at most `MAX_CONFIG_BYTES`; YAML aliases are expanded by
@@ -180,14 +181,32 @@ class AudiocraftPackage:
     version: str | None  # the audiocraft version that exported it
 
 
-def load_audiocraft_package(path: str | os.PathLike, what: str) -> AudiocraftPackage:
+def pretrained_pointer(obj: Any) -> str | None:
+    """The model an export points to instead of holding weights, or None.
+
+    audiocraft's `export_pretrained_compression_model` writes `{'pretrained': name, ...}` for a
+    codec it did not train (`facebook/encodec_32khz`: a transformers EnCodec on the hub), and its
+    loader then fetches that model (`CompressionModel.get_pretrained`).
+    """
+    if isinstance(obj, dict) and "pretrained" in obj and "best_state" not in obj:
+        name = obj["pretrained"]
+        if not isinstance(name, str):
+            raise ConversionError(f"'pretrained' should name a model, got {type(name).__name__}")
+        return name
+    return None
+
+
+def load_audiocraft_package(
+    path: str | os.PathLike, what: str, obj: Any = None
+) -> AudiocraftPackage:
     """Reads an audiocraft export (`state_dict.bin` or `compression_state_dict.bin`).
 
     Args:
       path: the file.
       what: what it should hold, for error messages ("LM", "compression (EnCodec)").
+      obj: the file's contents when already read (`load_torch_checkpoint(path)`).
     """
-    obj = load_torch_checkpoint(path)
+    obj = load_torch_checkpoint(path) if obj is None else obj
     if not isinstance(obj, dict) or "best_state" not in obj or "xp.cfg" not in obj:
         found = [str(k)[:40] for k in list(obj)[:10]] if isinstance(obj, dict) else type(obj)
         raise ConversionError(
