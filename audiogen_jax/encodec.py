@@ -1,28 +1,35 @@
 """EnCodec: the neural audio codec that turns a waveform into K streams of integer codes and back.
 
-    wav [B, C, W] --SEANet encoder--> latents [B, T, D] --RVQ--> codes [B, K, T]      (T = ceil(W / hop))
+    wav [B, C, W] --SEANet encoder--> latents [B, T, D] --RVQ--> codes [B, K, T]
     codes [B, K, T] --sum of codewords--> latents [B, T, D] --SEANet decoder--> wav [B, C, T * hop]
+    (T = ceil(W / hop))
 
-The SEANet encoder is a stack of strided 1-d convolutions (one per ratio; hop = product of the ratios),
-each preceded by residual blocks, then a multi-layer LSTM with a skip connection at the bottleneck. The
-decoder mirrors it with transposed convolutions. Every convolution pads its input itself ("streamable"
-convs), so the output length depends only on the input length and the strides.
+The SEANet encoder is a stack of strided 1-d convolutions (one per ratio; hop = product of the
+ratios), each preceded by residual blocks, then a multi-layer LSTM with a skip connection at the
+bottleneck. The decoder mirrors it with transposed convolutions. Every convolution pads its input
+itself ("streamable" convs), so the output length depends only on the input length and the strides.
 
-References: Défossez et al., "High Fidelity Neural Audio Compression" (arXiv:2210.13438); audiocraft 1.3.0
-`models/encodec.py` (`EncodecModel`), `modules/seanet.py` (`SEANetEncoder`, `SEANetDecoder`,
-`SEANetResnetBlock`), `modules/conv.py` (`StreamableConv1d`, `StreamableConvTranspose1d`, `pad1d`),
-`modules/lstm.py` (`StreamableLSTM`). Module attribute names follow the reference's state-dict keys
-(`encoder.model.3.conv.kernel` for `encoder.model.3.conv.conv.weight_{g,v}`), so `convert.py` is renames.
+References: Défossez et al., "High Fidelity Neural Audio Compression" (arXiv:2210.13438);
+audiocraft 1.3.0 `models/encodec.py` (`EncodecModel`), `modules/seanet.py` (`SEANetEncoder`,
+`SEANetDecoder`, `SEANetResnetBlock`), `modules/conv.py` (`StreamableConv1d`,
+`StreamableConvTranspose1d`, `pad1d`), `modules/lstm.py` (`StreamableLSTM`). Module attribute names
+follow the reference's state-dict keys (`encoder.model.3.conv.kernel` for
+`encoder.model.3.conv.conv.weight_{g,v}`), so `encodec_params.py` is mostly renames.
 
 Differences from the reference:
-- Activations are channels-last `[B, W, C]` inside the codec (XLA:CPU convolutions are fastest that way);
-  the public `encode` / `decode` take and return the reference's `[B, C, W]` and `[B, K, T]`.
-- Weight normalisation is folded into plain kernels at conversion (`w = g * v / |v|`): inference only.
-- A transposed convolution runs as an ordinary convolution with `s * C_out` output channels whose frames
-  are then interleaved ("sub-pixel" form): the same sums, without multiplying zeros.
-- The LSTM's input projection runs for all time steps in one matmul; only the recurrent product is inside
-  the `lax.scan`. Its two biases are summed at conversion.
-- Inference only, no `renormalize` (the converter refuses checkpoints that use it), no streaming state.
+- Activations are channels-last `[B, W, C]` inside the codec (XLA:CPU convolutions are fastest that
+  way); the public `encode` / `decode` take and return the reference's `[B, C, W]` and `[B, K, T]`.
+- Weight normalisation is folded into plain kernels at conversion (`w = g * v / |v|`): inference
+  only.
+- A transposed convolution runs as an ordinary convolution with `s * C_out` output channels whose
+  frames are then interleaved ("sub-pixel" form): the same sums, without multiplying zeros.
+- The LSTM's input projection runs for all time steps in one matmul; only the recurrent product is
+  inside the `lax.scan`. Its two biases are summed at conversion.
+- Inference only, no `renormalize` (the converter refuses checkpoints that use it), no streaming
+  state.
+- `encode` refuses audio whose peak exceeds `MAX_AMPLITUDE` (100, i.e. 40 dB over full scale)
+  instead of returning meaningless codes (at 1e10 every frame got the same code): float audio lies
+  in [-1, 1], and such a peak is a mistake, most often integer PCM passed as float.
 """
 
 from __future__ import annotations
@@ -36,14 +43,18 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from audiogen_jax import checkpoint
+from audiogen_jax import checkpoint, checks, initializers
 from audiogen_jax.config import EncodecConfig
-from audiogen_jax.quantization import ResidualVectorQuantizer, host_random
+from audiogen_jax.quantization import ResidualVectorQuantizer
+
+# Float audio is in [-1, 1]; a peak beyond this is a unit mistake (16-bit PCM values as floats reach
+# 32767), not a loud sound.
+MAX_AMPLITUDE = 100.0
 
 
 def _uniform(key: jax.Array, shape: tuple[int, ...], bound: float) -> nnx.Param:
-    """A parameter drawn from U(-bound, bound) (numpy on the host: see `host_random`)."""
-    return nnx.Param(host_random(key, shape, lambda g, s: g.uniform(-bound, bound, s)))
+    """A parameter drawn from U(-bound, bound) (numpy on the host: see `initializers.py`)."""
+    return nnx.Param(initializers.uniform(key, shape, bound))
 
 
 def _zeros(shape: tuple[int, ...]) -> nnx.Param:
@@ -60,14 +71,16 @@ _JNP_PAD_MODES = {
 
 
 def _extra_padding(length: int, kernel_size: int, stride: int, padding_total: int) -> int:
-    """Right padding that makes the last window of a strided conv full (reference `get_extra_padding_for_conv1d`)."""
+    """Right padding that makes the last window of a strided conv full (reference
+    `get_extra_padding_for_conv1d`)."""
     n_frames = (length - kernel_size + padding_total) / stride + 1
     ideal_length = (math.ceil(n_frames) - 1) * stride + (kernel_size - padding_total)
     return ideal_length - length
 
 
 def _pad1d(x_BWC: jax.Array, left: int, right: int, mode: str) -> jax.Array:
-    """Pads the time axis like the reference's `pad1d`, including reflect padding of very short inputs."""
+    """Pads the time axis like the reference's `pad1d`, including reflect padding of very short
+    inputs."""
     if left == 0 and right == 0:
         return x_BWC
     extra = 0
@@ -83,7 +96,8 @@ def _pad1d(x_BWC: jax.Array, left: int, right: int, mode: str) -> jax.Array:
 
 
 class ELU(nnx.Module):
-    """x if x > 0 else alpha * (exp(x) - 1); parameterless, kept as a module so indices match the reference."""
+    """x if x > 0 else alpha * (exp(x) - 1); parameterless, kept as a module so indices match the
+    reference."""
 
     def __init__(self, alpha: float = 1.0):
         self.alpha = alpha
@@ -100,7 +114,8 @@ class Tanh(nnx.Module):
 
 
 class Conv1d(nnx.Module):
-    """A plain 1-d convolution without padding; kernel [k, C_in, C_out] (torch's weight is [C_out, C_in, k])."""
+    """A plain 1-d convolution without padding; kernel [k, C_in, C_out] (torch's weight is
+    [C_out, C_in, k])."""
 
     def __init__(
         self,
@@ -114,7 +129,8 @@ class Conv1d(nnx.Module):
     ):
         self.stride = stride
         self.dilation = dilation
-        # torch's default conv init (kaiming_uniform, a=sqrt(5)): U(+-1/sqrt(fan_in)), fan_in = C_in * k.
+        # torch's default conv init (kaiming_uniform, a=sqrt(5)): U(+-1/sqrt(fan_in)),
+        # fan_in = C_in * k.
         bound = 1 / math.sqrt(in_channels * kernel_size)
         self.kernel = _uniform(rngs.params(), (kernel_size, in_channels, out_channels), bound)
         self.bias = _zeros((out_channels,))
@@ -135,9 +151,9 @@ class ConvTranspose1d(nnx.Module):
     """A 1-d transposed convolution without padding: [B, L, C_in] -> [B, (L - 1) * s + k, C_out].
 
     kernel [k, C_in, C_out] (torch's weight is [C_in, C_out, k]). Output sample t = m * s + r gets
-    sum_p x[m - p] @ kernel[p * s + r], so taps are grouped into n = ceil(k / s) blocks of s phases and
-    the whole thing is one ordinary convolution with n taps and s * C_out channels, whose output frames
-    are then unfolded into s samples each.
+    sum_p x[m - p] @ kernel[p * s + r], so taps are grouped into n = ceil(k / s) blocks of s phases
+    and the whole thing is one ordinary convolution with n taps and s * C_out channels, whose output
+    frames are then unfolded into s samples each.
     """
 
     def __init__(
@@ -154,7 +170,8 @@ class ConvTranspose1d(nnx.Module):
         s = self.stride
         n = -(-k // s)
         kernel = jnp.pad(self.kernel[...], ((0, n * s - k), (0, 0), (0, 0)))  # [n*s, Ci, Co]
-        # [n, s, Ci, Co] -> taps reversed (correlation, not convolution) -> [n, Ci, s*Co], phase-major.
+        # [n, s, Ci, Co] -> taps reversed (correlation, not convolution) -> [n, Ci, s*Co],
+        # phase-major.
         kernel = (
             kernel.reshape(n, s, c_in, c_out)[::-1]
             .transpose(0, 2, 1, 3)
@@ -173,10 +190,11 @@ class ConvTranspose1d(nnx.Module):
 
 
 class StreamableConv1d(nnx.Module):
-    """Conv1d that pads its own input so the output has ceil(W / stride) frames (reference `StreamableConv1d`).
+    """Conv1d that pads its own input so the output has ceil(W / stride) frames (reference
+    `StreamableConv1d`).
 
-    Non-causal: the padding is split between both sides (the extra half sample goes left). Causal: all
-    of it on the left. Either way, extra right padding completes the last strided window.
+    Non-causal: the padding is split between both sides (the extra half sample goes left). Causal:
+    all of it on the left. Either way, extra right padding completes the last strided window.
     """
 
     def __init__(
@@ -212,7 +230,8 @@ class StreamableConv1d(nnx.Module):
 
 
 class StreamableConvTranspose1d(nnx.Module):
-    """ConvTranspose1d trimmed back to L * stride samples (reference `StreamableConvTranspose1d`)."""
+    """ConvTranspose1d trimmed back to L * stride samples (reference
+    `StreamableConvTranspose1d`)."""
 
     def __init__(
         self,
@@ -325,7 +344,8 @@ def _run(layers: nnx.List, x: jax.Array) -> jax.Array:
 
 
 class SEANetEncoder(nnx.Module):
-    """wav [B, W, C_audio] -> latents [B, ceil(W / hop), D]; `model` indices match the reference's."""
+    """wav [B, W, C_audio] -> latents [B, ceil(W / hop), D]; `model` indices match the
+    reference's."""
 
     def __init__(self, cfg: EncodecConfig, *, rngs: nnx.Rngs):
         common = {"causal": cfg.causal, "pad_mode": cfg.pad_mode, "rngs": rngs}
@@ -396,10 +416,6 @@ class SEANetDecoder(nnx.Module):
 # Input checks: clear errors before anything is traced.
 
 
-def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
-
-
 def _check_wav(wav, channels: int) -> jax.Array:
     if not hasattr(wav, "shape") or not hasattr(wav, "dtype"):
         wav = np.asarray(wav)
@@ -414,8 +430,16 @@ def _check_wav(wav, channels: int) -> jax.Array:
         raise ValueError(f"wav is empty: shape {tuple(wav.shape)}")
     if not jnp.issubdtype(wav.dtype, jnp.floating):
         raise ValueError(f"wav must be floating point, got {wav.dtype}")
-    if _is_concrete(wav) and not np.isfinite(np.asarray(wav)).all():
-        raise ValueError("wav contains NaN or infinite samples")
+    if checks.is_concrete(wav):
+        host = np.asarray(wav)
+        if not np.isfinite(host).all():
+            raise ValueError("wav contains NaN or infinite samples")
+        peak = float(np.abs(host).max())
+        if peak > MAX_AMPLITUDE:
+            raise ValueError(
+                f"wav peaks at {peak:.3g}, beyond {MAX_AMPLITUDE:g} (float audio lies in [-1, 1]); "
+                "scale it first (integer PCM: divide by 32768 for 16-bit)"
+            )
     return jnp.asarray(wav, jnp.float32)
 
 
@@ -431,7 +455,7 @@ def _check_codes(codes, n_q: int, bins: int) -> jax.Array:
         raise ValueError(f"codes are empty: shape {tuple(codes.shape)}")
     if not jnp.issubdtype(codes.dtype, jnp.integer):
         raise ValueError(f"codes must be integers, got {codes.dtype}")
-    if _is_concrete(codes):
+    if checks.is_concrete(codes):
         host = np.asarray(codes)
         if host.min() < 0 or host.max() >= bins:
             raise ValueError(
@@ -452,7 +476,8 @@ def _decode_jit(graphdef, state, codes_BKT):
 
 
 class EncodecModel(nnx.Module):
-    """SEANet encoder + residual VQ + SEANet decoder (reference `EncodecModel`, renormalize=False)."""
+    """SEANet encoder + residual VQ + SEANet decoder (reference `EncodecModel`,
+    renormalize=False)."""
 
     def __init__(self, cfg: EncodecConfig, *, rngs: nnx.Rngs):
         self.config = cfg
@@ -462,7 +487,8 @@ class EncodecModel(nnx.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> EncodecModel:
-        """Loads a converted directory (`config.json` section 'compression' + `compression.safetensors`)."""
+        """Loads a converted directory (`config.json` section 'compression' +
+        `compression.safetensors`)."""
         cfg = EncodecConfig.from_dict(checkpoint.read_config(directory, "compression"))
         path = os.path.join(directory, checkpoint.WEIGHT_FILES["compression"])
         return checkpoint.load_module(lambda: cls(cfg, rngs=nnx.Rngs(0)), path)
@@ -481,7 +507,8 @@ class EncodecModel(nnx.Module):
 
     @property
     def frame_rate(self) -> int:
-        """Frames per second, `sample_rate // hop_length` (an int, as the reference's builder sets)."""
+        """Frames per second, `sample_rate // hop_length` (an int, as the reference's builder
+        sets)."""
         return self.config.frame_rate
 
     @property
@@ -530,7 +557,8 @@ class EncodecModel(nnx.Module):
           codes_BKT: [B, K, T] integers in [0, bins); K <= n_q uses the first K codebooks only.
 
         Returns:
-          wav [B, C, T * hop_length] float32 (not trimmed to the encoded length, like the reference).
+          wav [B, C, T * hop_length] float32 (not trimmed to the encoded length, like the
+          reference).
         """
         codes = _check_codes(codes_BKT, self.n_q, self.cardinality)
         graphdef, state = nnx.split(self)

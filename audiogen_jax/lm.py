@@ -10,16 +10,19 @@ Mirrors audiocraft 1.3.0 `models/lm.py::LMModel.forward` and `modules/transforme
 (`StreamingTransformer`, `StreamingTransformerLayer`, `StreamingMultiheadAttention` on its custom,
 `memory_efficient` path, `create_sin_embedding`). Attribute names follow the checkpoint keys
 (`emb`, `transformer.layers.{i}.self_attn`, `cross_attention`, `linear1`, `linear2`, `norm1`,
-`norm_cross`, `norm2`, `out_norm`, `linears`), so `convert.py` is mostly renames.
+`norm_cross`, `norm2`, `out_norm`, `linears`), so `lm_params.py` is mostly renames.
 
 Shapes: B batch, K codebooks, S steps of the delayed layout, L text tokens, D model width,
 F feed-forward width, N heads, H head width, V codebook size (`card`), M cache length (max steps).
 
 Inference is a set of pure functions over an `LMModel` and an explicit `KVCache` pytree:
-  `forward(lm, seq_BKS, condition_BLD)`          teacher-forced logits [B, K, S, V]
-  `init_cache(lm, condition_BLD, max_steps)`     preallocated cache, cross-attention K/V computed once
-  `step(lm, seq_BKS, cache, start)`              S new steps at positions start.., returns the new cache
-The public functions validate their inputs (clear `ValueError`s) and call jitted cores.
+  `forward(lm, seq_BKS, condition_BLD)`       teacher-forced logits [B, K, S, V]
+  `init_cache(lm, condition_BLD, max_steps)`  preallocated cache, cross-attention K/V computed once
+  `step(lm, seq_BKS, cache, start)`           S new steps at positions start.., and the new cache
+The public functions validate their inputs (clear `ValueError`s) and call jitted cores. One
+`Attention` module serves both attentions of a layer (`cross=False`: causal self-attention over
+the cache; `cross=True`: the text condition), so `TransformerLayer.__call__` is the pre-norm
+layer's three residual updates.
 
 Differences from the reference:
   - The packed `in_proj_weight` is stored as three projections `q_proj`, `k_proj`, `v_proj`
@@ -32,10 +35,13 @@ Differences from the reference:
     allows it (causal within the block), which a prompt prefill uses.
   - Cross-attention keys/values of the condition are computed once per generation (`init_cache`),
     not at every step as the reference does.
-  - Linear kernels are stored `[in, out]` for float32 weights (the fastest layout for XLA:CPU),
+  - Linear kernels are held `[in, out]` for float32 weights (the layout XLA:CPU streams fastest)
     and `[out, in]` (the checkpoint's layout) for bfloat16/float16 weights, whose matmuls take
-    bf16 inputs and accumulate in float32 (`preferred_element_type`): see docs/parity.md for the
-    decode-step timings behind this choice. Activations, softmax and norms are float32 throughout.
+    16-bit inputs and accumulate in float32 (`preferred_element_type`); docs/performance.md has
+    the timings behind the choice. On disk every kernel is `[in, out]`, whatever the dtype;
+    `from_pretrained` lays them out for the dtype it loads. Activations, softmax and norms are
+    float32 throughout.
+  - Opt-in int8 weights (`astype(jnp.int8)`, see `int8.py`), beyond the reference.
   - Only what AudioGen uses is implemented: pre-norm (`norm_first`), LayerNorm, sinusoidal
     positions, GELU, `kv_repeat == 1`, no layer scale, no q/k LayerNorm, no rope. The converter
     refuses checkpoints that need anything else.
@@ -53,42 +59,28 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from audiogen_jax import checkpoint
+from audiogen_jax import checkpoint, checks, int8
 from audiogen_jax.config import LMConfig
 
 # A large finite negative score: masked logits vanish in the softmax without risking inf - inf.
 _MASKED = -1e30
 
 
+# Every kernel is stored [in, out] in lm.safetensors, whatever its dtype; the header says so under
+# this key, which files written before this layout was fixed (16-bit kernels [out, in]) lack.
+DISK_LAYOUT = "in_out"
+LAYOUT_KEY = "kernel_layout"
+
+
 def kernel_layout(param_dtype) -> str:
-    """'in_out' for float32 kernels, 'out_in' (checkpoint layout) for 16-bit and int8 ones."""
+    """The layout kernels are held in at run time: 'in_out' for float32, 'out_in' (the checkpoint's)
+    for 16-bit and int8 ones."""
     return "in_out" if jnp.dtype(param_dtype) == jnp.float32 else "out_in"
 
 
 def _float_dtype(param_dtype) -> jnp.dtype:
     """The dtype of the non-matmul weights (embeddings, norms, biases): float32 in an int8 model."""
     return jnp.dtype(jnp.float32) if jnp.dtype(param_dtype) == jnp.int8 else jnp.dtype(param_dtype)
-
-
-def quantize_int8(w_OI: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Symmetric per-output-channel int8: w ~ q * scale[:, None] with q in [-127, 127].
-
-    Args:
-      w_OI: a float kernel [out, in].
-
-    Returns:
-      (q int8 [out, in], scale float32 [out]).
-    """
-    w_OI = jnp.asarray(w_OI, jnp.float32)
-    scale_O = jnp.maximum(jnp.abs(w_OI).max(axis=1), 1e-30) / 127.0
-    q = jnp.clip(jnp.round(w_OI / scale_O[:, None]), -127, 127).astype(jnp.int8)
-    return q, scale_O
-
-
-def _int8_rows(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Dynamic symmetric int8 of activations, one scale per row (per token)."""
-    scale = jnp.maximum(jnp.abs(x).max(axis=-1, keepdims=True), 1e-30) / 127.0
-    return jnp.clip(jnp.round(x / scale), -127, 127).astype(jnp.int8), scale
 
 
 def sin_embedding(positions_S: jax.Array, dim: int, max_period: float) -> jax.Array:
@@ -116,11 +108,10 @@ def sin_embedding(positions_S: jax.Array, dim: int, max_period: float) -> jax.Ar
 
 
 class Linear(nnx.Module):
-    """y = x W (+ b), with W stored in the layout that streams fastest for its dtype (see module doc).
+    """y = x W (+ b), with W held in the layout that streams fastest for its dtype (module doc).
 
-    An int8 `param_dtype` (opt-in, `LMModel.astype(jnp.int8)`) stores W as int8 [out, in] with a
-    float32 scale per output channel (`kernel_scale`); the input is quantized per row on the fly and
-    the product runs int8 x int8 -> int32 (W8A8: XLA:CPU has no fast int8-weight x float dot).
+    An int8 `param_dtype` (opt-in, `LMModel.astype(jnp.int8)`) holds W as int8 [out, in] with a
+    float32 scale per output channel (`kernel_scale`); see `int8.py`.
     """
 
     def __init__(
@@ -143,7 +134,7 @@ class Linear(nnx.Module):
         if jnp.dtype(param_dtype) == jnp.int8:
             if self.layout != "out_in":
                 raise ValueError("int8 kernels are stored [out, in]")
-            w, scale = quantize_int8(w)
+            w, scale = int8.quantize_kernel(w)
         self.kernel = nnx.Param(w.astype(param_dtype))
         self.kernel_scale = nnx.Param(scale) if scale is not None else None
         bias_dtype = _float_dtype(param_dtype)
@@ -153,11 +144,7 @@ class Linear(nnx.Module):
         w = self.kernel[...]
         contract_w = 0 if self.layout == "in_out" else 1
         if self.kernel_scale is not None:
-            x8, x_scale = _int8_rows(x)
-            y = jax.lax.dot_general(
-                x8, w, (((x.ndim - 1,), (1,)), ((), ())), preferred_element_type=jnp.int32
-            )
-            y = y.astype(jnp.float32) * x_scale * self.kernel_scale[...]
+            y = int8.matmul(x, w, self.kernel_scale[...])
             return y if self.bias is None else y + self.bias[...]
         # 16-bit weights: feed the dot 16-bit inputs and accumulate in float32. A 16x16->16 dot, or
         # an upcast of the weights inside jit, is several times slower on XLA:CPU.
@@ -223,90 +210,146 @@ def _attend(
     return jnp.einsum("BNSM,BNMH->BNSH", weights_BNSM, v_BNMH)
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class KV:
+    """The keys and values one attention reads, head-major (the layout `_attend` reads directly)."""
+
+    keys: jax.Array  # [B, N, M, H]: M cached steps (self-attention) or L text tokens (cross)
+    values: jax.Array  # [B, N, M, H]
+
+    def write(self, new: KV, start: jax.Array) -> KV:
+        """A copy with the S steps of `new` ([B, N, S, H]) written at positions start..start+S-1."""
+        zero = jnp.zeros((), jnp.int32)
+        at = (zero, zero, start, zero)
+        return KV(
+            keys=jax.lax.dynamic_update_slice(self.keys, new.keys.astype(self.keys.dtype), at),
+            values=jax.lax.dynamic_update_slice(
+                self.values, new.values.astype(self.values.dtype), at
+            ),
+        )
+
+
 class Attention(nnx.Module):
-    """Multi-head attention with separate q/k/v projections (the reference packs them in one matrix)."""
+    """Multi-head attention (reference `StreamingMultiheadAttention`), with an explicit KV cache.
+
+    `cross=False`: causal self-attention over the steps so far. `cross=True`: attention to a context
+    (the text condition) with no mask. The reference packs q/k/v in one matrix; here they are three
+    projections with the same rows.
+    """
 
     def __init__(
         self,
         dim: int,
         num_heads: int,
         *,
+        cross: bool,
         use_bias: bool,
         param_dtype,
         rngs: nnx.Rngs,
         layout: str | None = None,
     ):
         self.num_heads = num_heads
+        self.cross = cross
         lin = functools.partial(
             Linear, dim, dim, use_bias=use_bias, param_dtype=param_dtype, rngs=rngs, layout=layout
         )
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = lin(), lin(), lin(), lin()
 
-    def heads(self, proj: Linear, x_BSD: jax.Array) -> jax.Array:
-        """proj(x) split into heads, head-major: [B, N, S, H]."""
-        y = proj(x_BSD)
-        y = y.reshape(*y.shape[:-1], self.num_heads, y.shape[-1] // self.num_heads)
-        return jnp.swapaxes(y, -3, -2)
+    def _split_heads(self, y_BSD: jax.Array) -> jax.Array:
+        y_BSNH = y_BSD.reshape(*y_BSD.shape[:-1], self.num_heads, -1)
+        return jnp.swapaxes(y_BSNH, -3, -2)
 
-    def output(self, o_BNSH: jax.Array) -> jax.Array:
-        o_BSNH = jnp.swapaxes(o_BNSH, -3, -2)
-        return self.out_proj(o_BSNH.reshape(*o_BSNH.shape[:-2], -1))
+    def keys_values(self, x_BMD: jax.Array) -> KV:
+        """The keys and values of M positions of x: what `__call__` attends to."""
+        return KV(self._split_heads(self.k_proj(x_BMD)), self._split_heads(self.v_proj(x_BMD)))
+
+    def __call__(
+        self,
+        x_BSD: jax.Array,
+        context_BLD: jax.Array | None = None,
+        *,
+        cache: KV | None = None,
+        start: jax.Array | None = None,
+    ) -> tuple[jax.Array, KV | None]:
+        """Attention for S new steps.
+
+        Args:
+          x_BSD: the (normed) residual stream of the new steps: the queries, and for
+            self-attention the new keys/values too.
+          context_BLD: cross-attention without a cache: the condition, projected here.
+          cache: self-attention: None (teacher forcing: causal within x) or the keys/values of the
+            steps so far [B, N, M, H], preallocated to M steps, into which the new steps are
+            written at `start`. Cross-attention: the context's keys/values from `keys_values`
+            (computed once per generation, see `init_cache`).
+          start: with a self-attention cache, int32 scalar: the position of the first new step.
+
+        Returns:
+          (out_BSD, the cache: updated by self-attention, as given by cross-attention).
+        """
+        q_BNSH = self._split_heads(self.q_proj(x_BSD))
+        S = x_BSD.shape[1]
+        if self.cross:
+            # No key padding mask, as the reference: padded condition rows are exact zeros.
+            kv = cache if cache is not None else self.keys_values(context_BLD)
+            mask_SM = None
+        elif cache is None:
+            kv, mask_SM = self.keys_values(x_BSD), jnp.tril(jnp.ones((S, S), bool))
+        else:
+            kv = cache = cache.write(self.keys_values(x_BSD), start)
+            # Causal by position: a query at position p sees the cached steps 0..p.
+            query_pos_S = start + jnp.arange(S, dtype=jnp.int32)
+            key_pos_M = jnp.arange(kv.keys.shape[2], dtype=jnp.int32)
+            mask_SM = key_pos_M[None, :] <= query_pos_S[:, None]
+        o_BSNH = jnp.swapaxes(_attend(q_BNSH, kv.keys, kv.values, mask_SM), -3, -2)
+        return self.out_proj(o_BSNH.reshape(*o_BSNH.shape[:-2], -1)), cache
 
 
 class TransformerLayer(nnx.Module):
-    """Pre-norm layer: x += SA(norm1 x); x += CA(norm_cross x, condition); x += FF(norm2 x)."""
+    """The pre-norm layer (reference `StreamingTransformerLayer` with `norm_first`)."""
 
     def __init__(self, cfg: LMConfig, *, param_dtype, rngs: nnx.Rngs, layout: str | None = None):
         kw = {"param_dtype": param_dtype, "rngs": rngs, "layout": layout}
-        self.self_attn = Attention(cfg.dim, cfg.num_heads, use_bias=cfg.bias_attn, **kw)
-        self.cross_attention = Attention(cfg.dim, cfg.num_heads, use_bias=cfg.bias_attn, **kw)
+        attention = functools.partial(
+            Attention, cfg.dim, cfg.num_heads, use_bias=cfg.bias_attn, **kw
+        )
+        self.self_attn = attention(cross=False)
+        self.cross_attention = attention(cross=True)
         self.linear1 = Linear(cfg.dim, cfg.ffn_dim, use_bias=cfg.bias_ff, **kw)
         self.linear2 = Linear(cfg.ffn_dim, cfg.dim, use_bias=cfg.bias_ff, **kw)
         norm = functools.partial(LayerNorm, cfg.dim, eps=cfg.norm_eps, param_dtype=param_dtype)
         self.norm1, self.norm_cross, self.norm2 = norm(), norm(), norm()
 
-    def cross_kv(self, condition_BLD: jax.Array) -> tuple[jax.Array, jax.Array]:
-        ca = self.cross_attention
-        return ca.heads(ca.k_proj, condition_BLD), ca.heads(ca.v_proj, condition_BLD)
+    def feed_forward(self, x_BSD: jax.Array) -> jax.Array:
+        return self.linear2(jax.nn.gelu(self.linear1(x_BSD), approximate=False))
 
-    def __call__(self, x_BSD, cross_k_BNLH, cross_v_BNLH, past, start):
-        """One layer over S new steps.
+    def __call__(
+        self,
+        x_BSD: jax.Array,
+        condition_BLD: jax.Array | None = None,
+        *,
+        self_kv: KV | None = None,
+        cross_kv: KV | None = None,
+        start: jax.Array | None = None,
+    ) -> tuple[jax.Array, KV | None]:
+        """x += SA(norm1 x); x += CA(norm_cross x, condition); x += FF(norm2 x), for S new steps.
 
         Args:
           x_BSD: the residual stream of the new steps.
-          cross_k_BNLH, cross_v_BNLH: the condition's keys/values for this layer.
-          past: None (teacher forcing: attend causally within x) or the layer's cache
-            (keys_BNMH, values_BNMH), into which the new keys/values are written at `start`.
-          start: int32 scalar, position of the first new step.
+          condition_BLD: the projected text condition (when `cross_kv` is not given).
+          self_kv, start: the self-attention cache and the position of the first new step (see
+            `Attention`); None for teacher forcing.
+          cross_kv: the condition's keys/values for this layer (`init_cache`).
 
         Returns:
-          (x_BSD, (keys_BNMH, values_BNMH) or None).
+          (x_BSD, self_kv with the new steps written, or None).
         """
-        sa = self.self_attn
-        h = self.norm1(x_BSD)
-        q, k, v = sa.heads(sa.q_proj, h), sa.heads(sa.k_proj, h), sa.heads(sa.v_proj, h)
-        S = x_BSD.shape[1]
-        if past is None:
-            keys, values = k, v
-            mask_SM = jnp.tril(jnp.ones((S, S), bool))
-        else:
-            zero = jnp.zeros((), jnp.int32)
-            keys = jax.lax.dynamic_update_slice(
-                past[0], k.astype(past[0].dtype), (zero, zero, start, zero)
-            )
-            values = jax.lax.dynamic_update_slice(
-                past[1], v.astype(past[1].dtype), (zero, zero, start, zero)
-            )
-            query_pos = start + jnp.arange(S, dtype=jnp.int32)
-            mask_SM = jnp.arange(keys.shape[2], dtype=jnp.int32)[None, :] <= query_pos[:, None]
-        x_BSD = x_BSD + sa.output(_attend(q, keys, values, mask_SM))
-        # No key padding mask, as the reference: padded condition rows are exact zeros.
-        ca = self.cross_attention
-        q = ca.heads(ca.q_proj, self.norm_cross(x_BSD))
-        x_BSD = x_BSD + ca.output(_attend(q, cross_k_BNLH, cross_v_BNLH, None))
-        h = jax.nn.gelu(self.linear1(self.norm2(x_BSD)), approximate=False)
-        x_BSD = x_BSD + self.linear2(h)
-        return x_BSD, (None if past is None else (keys, values))
+        sa_BSD, self_kv = self.self_attn(self.norm1(x_BSD), cache=self_kv, start=start)
+        x_BSD = x_BSD + sa_BSD
+        ca_BSD, _ = self.cross_attention(self.norm_cross(x_BSD), condition_BLD, cache=cross_kv)
+        x_BSD = x_BSD + ca_BSD
+        x_BSD = x_BSD + self.feed_forward(self.norm2(x_BSD))
+        return x_BSD, self_kv
 
 
 class Transformer(nnx.Module):
@@ -360,32 +403,55 @@ class LMModel(nnx.Module):
     def from_pretrained(cls, directory: str | os.PathLike, dtype=None) -> LMModel:
         """Loads DIR/config.json['lm'] + DIR/lm.safetensors.
 
+        Each kernel is read from the file's `[in, out]` and laid out for the dtype as it is read
+        (`kernel_layout`), so no second copy of the model is ever made for float dtypes.
+
         Args:
           directory: a converted directory (`convert_weights.py --lm ... --out DIR`).
-          dtype: None keeps the file's weight dtype (a bf16 file stays bf16); float32 or bfloat16
-            converts after loading (kernels change layout with the dtype, see `kernel_layout`);
-            int8 quantizes the matmul kernels after loading (load a bf16 file: less memory).
+          dtype: None keeps the file's weight dtype (a bf16 file stays bf16); float32, bfloat16 or
+            float16 casts each tensor as it is read; int8 quantizes the kernels after loading (load
+            a bf16 file: less memory).
         """
         cfg = LMConfig.from_dict(checkpoint.read_config(directory, "lm"))
         path = os.path.join(directory, checkpoint.WEIGHT_FILES["lm"])
-        file_dtype = _file_float_dtype(path)
+        file_dtype = _stored_dtype(path)
+        target = file_dtype if dtype is None else _check_dtype(dtype)
+        read_dtype = file_dtype if target == jnp.int8 else target
+        layout = kernel_layout(target)
         lm = checkpoint.load_module(
-            lambda: cls(cfg, rngs=nnx.Rngs(0), param_dtype=file_dtype), path
+            lambda: cls(cfg, rngs=nnx.Rngs(0), param_dtype=read_dtype, layout=layout),
+            path,
+            dtype=read_dtype,
+            transposed=lambda key: layout != DISK_LAYOUT and key.endswith(".kernel"),
         )
-        if dtype is not None and jnp.dtype(dtype) != file_dtype:
-            lm = lm.astype(dtype)
-            _return_freed_memory()
+        if target == jnp.int8:
+            lm = lm.astype(jnp.int8)
+            checkpoint.return_freed_memory()  # the float model just dropped
         return lm
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Writes DIR/lm.safetensors (kernels `[in, out]`, as the converter writes them) and
+        DIR/config.json['lm']. An int8 model cannot be saved: save the float weights."""
+        if self.dtype == jnp.int8:
+            raise ValueError("an int8 LM is quantized when loading; save the float model instead")
+        os.makedirs(directory, exist_ok=True)
+        checkpoint.save_module(
+            self,
+            os.path.join(directory, checkpoint.WEIGHT_FILES["lm"]),
+            metadata={LAYOUT_KEY: DISK_LAYOUT, "dtype": jnp.dtype(self.dtype).name},
+            transposed=lambda key: (
+                self.linears[0].layout != DISK_LAYOUT and key.endswith(".kernel")
+            ),
+        )
+        checkpoint.update_config(directory, "lm", self.config.to_dict())
 
     def astype(self, dtype) -> LMModel:
         """A copy with every weight in `dtype`, kernels re-laid out for it.
 
-        int8 is one way: it quantizes the kernels of a float model (`quantize_int8`); embeddings,
-        norms and biases stay float32.
+        int8 is one way: it quantizes the kernels of a float model (`int8.quantize_kernel`);
+        embeddings, norms and biases stay float32.
         """
-        dtype = jnp.dtype(dtype)
-        if dtype not in (jnp.float32, jnp.bfloat16, jnp.float16, jnp.int8):
-            raise ValueError(f"LM weights can be float32, bfloat16, float16 or int8, not {dtype}")
+        dtype = _check_dtype(dtype)
         if self.dtype == jnp.int8:
             raise ValueError("an int8 model cannot be converted back; load the float weights again")
         new = nnx.eval_shape(lambda: LMModel(self.config, rngs=nnx.Rngs(0), param_dtype=dtype))
@@ -402,7 +468,7 @@ class LMModel(nnx.Module):
             if path[-1] == "kernel" and old_layout[path[:-1]] != new_layout[path[:-1]]:
                 value = value.T
             if path[-1] == "kernel" and dtype == jnp.int8:
-                value, scales[path[:-1] + ("kernel_scale",)] = quantize_int8(value)
+                value, scales[path[:-1] + ("kernel_scale",)] = int8.quantize_kernel(value)
             var.set_value(jnp.asarray(value, var.get_value().dtype))
         for path, var in flat:
             if path[-1] == "kernel_scale":
@@ -414,69 +480,47 @@ class LMModel(nnx.Module):
         return self.linears[0].kernel[...].dtype
 
 
-def _return_freed_memory() -> None:
-    """Hands freed heap pages back to the OS after a whole model was replaced (glibc only).
-
-    glibc serves blocks under 32 MB from its heap and keeps them when freed, so after `astype` the
-    process would stay at the size of both models (int8 from a bf16 file: 5.8 GiB instead of 2.1 GiB;
-    docs/performance.md).
-    """
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+def _check_dtype(dtype) -> jnp.dtype:
+    dtype = jnp.dtype(dtype)
+    if dtype not in (jnp.float32, jnp.bfloat16, jnp.float16, jnp.int8):
+        raise ValueError(f"LM weights can be float32, bfloat16, float16 or int8, not {dtype}")
+    return dtype
 
 
-def _file_float_dtype(path: str) -> np.dtype:
-    """The dtype of the floating-point tensors in a safetensors file (read from its header)."""
-    import json
-    import struct
-
-    if not os.path.isfile(path):
-        raise checkpoint.CheckpointError(f"{path}: no such weights file")
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-    names = {"F32": jnp.float32, "BF16": jnp.bfloat16, "F16": jnp.float16}
-    found = {v["dtype"] for k, v in header.items() if k != "__metadata__"}
-    floats = sorted(found & set(names))
-    if len(floats) != 1:
+def _stored_dtype(path: str) -> jnp.dtype:
+    """The dtype of an lm.safetensors' floating-point tensors; refuses the version-1 layout."""
+    f = checkpoint.open_weights(path)
+    if f.metadata.get(LAYOUT_KEY) != DISK_LAYOUT:
         raise checkpoint.CheckpointError(
-            f"{path}: expected one floating dtype, found {sorted(found)}"
+            f"{path} was written by an older audiogen-jax, whose 16-bit kernels were laid out "
+            "[out, in]; convert the LM again: `audiogen-jax convert --lm state_dict.bin --out "
+            f"{os.path.dirname(path) or '.'}`"
         )
-    return jnp.dtype(names[floats[0]])
+    floats = sorted({t.dtype.name for t in f.values() if jnp.issubdtype(t.dtype, jnp.floating)})
+    if len(floats) != 1:
+        raise checkpoint.CheckpointError(f"{path}: expected one floating dtype, found {floats}")
+    return jnp.dtype(floats[0])
 
 
 # --------------------------------------------------------------------------------------------------
-# The KV cache.
+# The KV cache and the jitted cores.
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class KVCache:
-    """Decoding state: per layer, self-attention keys/values [B, N, M, H] (preallocated to M steps,
-    float32) and the condition's cross-attention keys/values [B, N, L, H] (computed once).
+    """Decoding state: per layer, what each attention reads (float32, head-major `KV`s)."""
 
-    Head-major, the layout the attention products read directly (see `_attend`)."""
-
-    keys: tuple[jax.Array, ...]
-    values: tuple[jax.Array, ...]
-    cross_keys: tuple[jax.Array, ...]
-    cross_values: tuple[jax.Array, ...]
+    self_attn: tuple[KV, ...]  # [B, N, M, H]: keys/values of the steps so far, preallocated to M
+    cross_attention: tuple[KV, ...]  # [B, N, L, H]: the condition's, computed once
 
     @property
     def max_steps(self) -> int:
-        return self.keys[0].shape[2]
+        return self.self_attn[0].keys.shape[2]
 
     @property
     def batch_size(self) -> int:
-        return self.keys[0].shape[0]
-
-
-# --------------------------------------------------------------------------------------------------
-# Jitted cores.
+        return self.self_attn[0].keys.shape[0]
 
 
 def _embed(lm: LMModel, seq_BKS: jax.Array, start: jax.Array) -> jax.Array:
@@ -493,52 +537,54 @@ def _heads(lm: LMModel, x_BSD: jax.Array) -> jax.Array:
     return jnp.stack([head(out_BSD) for head in lm.linears], axis=1)
 
 
-@jax.jit
-def _forward(lm: LMModel, seq_BKS: jax.Array, condition_BLD: jax.Array) -> jax.Array:
-    x = _embed(lm, seq_BKS, jnp.zeros((), jnp.int32))
+def _teacher_forced_layer(layer: TransformerLayer, x_BSD, condition_BLD) -> jax.Array:
+    return layer(x_BSD, condition_BLD)[0]
+
+
+@functools.partial(jax.jit, static_argnames="remat")
+def _forward(
+    lm: LMModel, seq_BKS: jax.Array, condition_BLD: jax.Array, remat: bool = False
+) -> jax.Array:
+    x_BSD = _embed(lm, seq_BKS, jnp.zeros((), jnp.int32))
     condition_BLD = condition_BLD.astype(jnp.float32)
+    # remat (training): keep only each layer's input for the backward pass and recompute the rest.
+    run = jax.checkpoint(_teacher_forced_layer) if remat else _teacher_forced_layer
     for layer in lm.transformer.layers:
-        ck, cv = layer.cross_kv(condition_BLD)
-        x, _ = layer(x, ck, cv, None, None)
-    return _heads(lm, x)
+        x_BSD = run(layer, x_BSD, condition_BLD)
+    return _heads(lm, x_BSD)
 
 
 @functools.partial(jax.jit, static_argnums=2)
 def _init_cache(lm: LMModel, condition_BLD: jax.Array, max_steps: int) -> KVCache:
     cfg = lm.config
-    B = condition_BLD.shape[0]
-    shape = (B, cfg.num_heads, max_steps, cfg.head_dim)
-    zeros = tuple(jnp.zeros(shape, jnp.float32) for _ in range(cfg.num_layers))
-    cross = [layer.cross_kv(condition_BLD.astype(jnp.float32)) for layer in lm.transformer.layers]
+    shape = (condition_BLD.shape[0], cfg.num_heads, max_steps, cfg.head_dim)
+    condition_BLD = condition_BLD.astype(jnp.float32)
+    layers = lm.transformer.layers
     return KVCache(
-        keys=zeros,
-        values=zeros,
-        cross_keys=tuple(k for k, _ in cross),
-        cross_values=tuple(v for _, v in cross),
+        self_attn=tuple(
+            KV(jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32)) for _ in layers
+        ),
+        cross_attention=tuple(layer.cross_attention.keys_values(condition_BLD) for layer in layers),
     )
 
 
 @jax.jit
-def _step(lm: LMModel, seq_BKS: jax.Array, cache: KVCache, start: jax.Array):
-    x = _embed(lm, seq_BKS, start)
-    keys, values = [], []
-    for i, layer in enumerate(lm.transformer.layers):
-        x, (k, v) = layer(
-            x, cache.cross_keys[i], cache.cross_values[i], (cache.keys[i], cache.values[i]), start
-        )
-        keys.append(k)
-        values.append(v)
-    new_cache = dataclasses.replace(cache, keys=tuple(keys), values=tuple(values))
-    return _heads(lm, x), new_cache
+def _step(
+    lm: LMModel, seq_BKS: jax.Array, cache: KVCache, start: jax.Array
+) -> tuple[jax.Array, KVCache]:
+    x_BSD = _embed(lm, seq_BKS, start)
+    self_attn = []
+    for layer, self_kv, cross_kv in zip(
+        lm.transformer.layers, cache.self_attn, cache.cross_attention, strict=True
+    ):
+        x_BSD, self_kv = layer(x_BSD, self_kv=self_kv, cross_kv=cross_kv, start=start)
+        self_attn.append(self_kv)
+    return _heads(lm, x_BSD), dataclasses.replace(cache, self_attn=tuple(self_attn))
 
 
 # --------------------------------------------------------------------------------------------------
 # Checked public entry points. Checks that need values run only on concrete arrays (outside jit);
 # shape checks always run (shapes are static even under tracing).
-
-
-def _concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
 
 
 def _check_seq(lm: LMModel, seq_BKS) -> jax.Array:
@@ -549,7 +595,7 @@ def _check_seq(lm: LMModel, seq_BKS) -> jax.Array:
         )
     if not jnp.issubdtype(seq_BKS.dtype, jnp.integer):
         raise ValueError(f"seq must hold integer codes, got dtype {seq_BKS.dtype}")
-    if _concrete(seq_BKS):
+    if checks.is_concrete(seq_BKS):
         arr = np.asarray(seq_BKS)
         if arr.size and (arr.min() < 0 or arr.max() > cfg.card):
             raise ValueError(
@@ -563,18 +609,19 @@ def _check_condition(lm: LMModel, condition_BLD) -> None:
     D = lm.config.dim
     if getattr(condition_BLD, "ndim", None) != 3 or condition_BLD.shape[-1] != D:
         raise ValueError(
-            f"condition must be [B, L, D={D}] (already projected by the conditioner's output_proj), "
-            f"got shape {getattr(condition_BLD, 'shape', None)}"
+            f"condition must be [B, L, D={D}] (already projected by the conditioner's "
+            f"output_proj), got shape {getattr(condition_BLD, 'shape', None)}"
         )
 
 
-def forward(lm: LMModel, seq_BKS, condition_BLD) -> jax.Array:
+def forward(lm: LMModel, seq_BKS, condition_BLD, *, remat: bool = False) -> jax.Array:
     """Teacher-forced logits (reference `LMModel.forward` with precomputed condition tensors).
 
     Args:
       lm: the model.
       seq_BKS: int codes in the delayed layout, values in [0, V] (V = special token).
       condition_BLD: the projected text condition (zeros on padded and null rows).
+      remat: rematerialise each layer in the backward pass (training memory; same values).
 
     Returns:
       logits [B, K, S, V] float32; position s predicts step s + 1.
@@ -585,11 +632,11 @@ def forward(lm: LMModel, seq_BKS, condition_BLD) -> jax.Array:
         raise ValueError(
             f"batch mismatch: seq {seq_BKS.shape[0]} vs condition {condition_BLD.shape[0]}"
         )
-    return _forward(lm, seq_BKS, condition_BLD)
+    return _forward(lm, seq_BKS, condition_BLD, remat=remat)
 
 
 def init_cache(lm: LMModel, condition_BLD, max_steps: int) -> KVCache:
-    """An empty cache for up to `max_steps` steps, holding the condition's cross-attention keys/values.
+    """An empty cache for up to `max_steps` steps, with the condition's cross-attention keys/values.
 
     Args:
       lm: the model.
@@ -623,7 +670,7 @@ def step(lm: LMModel, seq_BKS, cache: KVCache, start) -> tuple[jax.Array, KVCach
         raise ValueError(f"batch mismatch: seq {B} vs cache {cache.batch_size}")
     if S > cache.max_steps:
         raise ValueError(f"{S} steps do not fit a cache of {cache.max_steps} steps")
-    if _concrete(start):
+    if checks.is_concrete(start):
         s0 = int(start)
         if s0 < 0 or s0 + S > cache.max_steps:
             raise ValueError(

@@ -3,52 +3,33 @@
 Each of the K stages holds a codebook of V vectors of width D. Encoding picks, frame by frame, the
 codeword nearest (in L2) to what the previous stages have not yet explained, and subtracts it:
 
-    residual_0 = x;   code_k = argmin_v |residual_k - E_k[v]|^2;   residual_{k+1} = residual_k - E_k[code_k]
+    residual_0 = x
+    code_k = argmin_v |residual_k - E_k[v]|^2
+    residual_{k+1} = residual_k - E_k[code_k]
 
 Decoding is the sum of the chosen codewords, so the first stage carries the coarse picture and every
 later stage refines it (SoundStream, arXiv:2107.03312, Algorithm 1).
 
-Mirrors audiocraft 1.3.0 `quantization/vq.py` (`ResidualVectorQuantizer`) and `quantization/core_vq.py`
-(`ResidualVectorQuantization`, `VectorQuantization`, `EuclideanCodebook`), inference path only.
+Mirrors audiocraft 1.3.0 `quantization/vq.py` (`ResidualVectorQuantizer`) and
+`quantization/core_vq.py` (`ResidualVectorQuantization`, `VectorQuantization`,
+`EuclideanCodebook`), inference path only.
 
 Differences from the reference:
-- Inference only: no k-means initialisation, EMA codebook updates, dead-code expiry or commitment loss
-  (the training buffers `inited`, `cluster_size`, `embed_avg` are dropped at conversion).
+- Inference only: no k-means initialisation, EMA codebook updates, dead-code expiry or commitment
+  loss (the training buffers `inited`, `cluster_size`, `embed_avg` are dropped at conversion).
 - No input/output projections: audiocraft only adds them when the codebook width differs from the
   latent width, which the EnCodec builder never does.
-- Latents are channels-last `[B, T, D]` (the reference moves `[B, D, T]` to `[B, T, D]` inside each stage).
+- Latents are channels-last `[B, T, D]` (the reference moves `[B, D, T]` to `[B, T, D]` inside each
+  stage).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-
-def host_random(
-    key: jax.Array,
-    shape: tuple[int, ...],
-    draw: Callable[[np.random.Generator, tuple[int, ...]], np.ndarray],
-) -> jax.Array:
-    """float32 random init drawn by numpy from `key`'s bits: `draw(generator, shape)`.
-
-    Run eagerly, `jax.random` compiles a kernel for every distinct parameter shape (seconds for a
-    codec); numpy costs microseconds. Under a trace (`nnx.eval_shape`, `jax.jit`) the same draw runs
-    as a host callback, so a key gives the same values either way.
-    """
-
-    def sample(data):
-        rng = np.random.default_rng(np.asarray(data).ravel().tolist())
-        return np.asarray(draw(rng, shape), np.float32)
-
-    data = jax.random.key_data(key)
-    if isinstance(data, jax.core.Tracer):
-        return jax.pure_callback(sample, jax.ShapeDtypeStruct(shape, jnp.float32), data)
-    return jax.device_put(sample(data))  # (jnp.asarray would compile a copy for every shape)
+from audiogen_jax import initializers
 
 
 class Codebook(nnx.Module):
@@ -57,15 +38,13 @@ class Codebook(nnx.Module):
     def __init__(self, bins: int, dimension: int, *, rngs: nnx.Rngs):
         # Random codewords (a trained checkpoint overwrites them); audiocraft starts from zeros and
         # fills them by k-means on the first training batch.
-        self.embed = nnx.Param(
-            host_random(rngs.params(), (bins, dimension), lambda g, s: g.standard_normal(s))
-        )
+        self.embed = nnx.Param(initializers.normal(rngs.params(), (bins, dimension)))
 
     def encode(self, x_ND: jax.Array) -> jax.Array:
         """Index of the nearest codeword for each row of `x_ND` [N, D] -> [N] int32.
 
-        The distance is expanded as |x|^2 - 2 x.e + |e|^2, in that order, exactly like the reference:
-        the plain |x - e|^2 rounds differently and can flip near-ties.
+        The distance is expanded as |x|^2 - 2 x.e + |e|^2, in that order, exactly like the
+        reference: the plain |x - e|^2 rounds differently and can flip near-ties.
         """
         embed_VD = self.embed[...]
         dist_NV = -(
@@ -114,7 +93,8 @@ class ResidualVectorQuantizer(nnx.Module):
         return jnp.stack(codes, axis=1), jnp.stack(residuals)
 
     def decode(self, codes_BKT: jax.Array) -> jax.Array:
-        """Codes [B, K, T] (K <= n_q: the first K stages) -> latents [B, T, D], the sum of codewords."""
+        """Codes [B, K, T] (K <= n_q: the first K stages) -> latents [B, T, D], the sum of the
+        codewords."""
         # The reference starts from a scalar 0 and adds the stages in order; the same order here.
         out_BTD = 0.0
         for k in range(codes_BKT.shape[1]):

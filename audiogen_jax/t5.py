@@ -37,16 +37,14 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from audiogen_jax import checkpoint
+from audiogen_jax import checkpoint, checks
 from audiogen_jax.config import T5Config
 
 SPIECE = "spiece.model"
@@ -284,7 +282,7 @@ def _check_ids_mask(ids_BL, mask_BL, vocab_size: int) -> None:
         raise ValueError(
             f"mask shape {tuple(mask_BL.shape)} != token ids shape {tuple(ids_BL.shape)}"
         )
-    if not isinstance(ids_BL, jax.core.Tracer) and ids_BL.size:
+    if checks.is_concrete(ids_BL) and ids_BL.size:
         lo, hi = int(np.min(ids_BL)), int(np.max(ids_BL))
         if lo < 0 or hi >= vocab_size:
             raise ValueError(
@@ -336,6 +334,27 @@ def _tokenizer_dir(directory: str) -> str:
     )
 
 
+def _tokenizer_class():
+    """transformers' `T5Tokenizer`, imported only when a tokenizer is loaded (seconds to import).
+
+    Without torch, importing transformers logs "PyTorch was not found. Models won't be available":
+    true and irrelevant here (only the tokenizer is used, which needs no torch). That one message
+    is an "advisory" warning, which transformers skips when TRANSFORMERS_NO_ADVISORY_WARNINGS is
+    set; it is set for the import only, so transformers' other warnings still show.
+    """
+    key = "TRANSFORMERS_NO_ADVISORY_WARNINGS"
+    saved = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        from transformers import T5Tokenizer
+    finally:
+        if saved is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = saved
+    return T5Tokenizer
+
+
 def load_tokenizer(directory_or_hub_id: str | os.PathLike):
     """transformers' `T5Tokenizer`, which audiocraft uses.
 
@@ -344,7 +363,7 @@ def load_tokenizer(directory_or_hub_id: str | os.PathLike):
         converted directory (its `tokenizer/` is used), or a hub id such as "t5-large" where the
         network allows.
     """
-    from transformers import T5Tokenizer
+    T5Tokenizer = _tokenizer_class()
 
     src = os.fspath(directory_or_hub_id)
     if os.path.isdir(src):
@@ -392,114 +411,6 @@ def tokenize(tokenizer, descriptions: Sequence[str | None]) -> tuple[np.ndarray,
     mask_BL = np.array(enc["attention_mask"], dtype=np.int32)
     mask_BL[[i for i, e in enumerate(entries) if e == ""], :] = 0
     return ids_BL, mask_BL
-
-
-def _docstring_corpus() -> list[str]:
-    """Paragraphs of the Python standard library's triple-quoted strings that read like prose."""
-    import sysconfig
-
-    root = sysconfig.get_paths()["stdlib"]
-    skip = {"test", "tests", "site-packages", "dist-packages", "idlelib", "lib2to3", "__pycache__"}
-    paragraphs = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in skip)
-        for name in sorted(f for f in filenames if f.endswith(".py")):
-            try:
-                with open(os.path.join(dirpath, name), encoding="utf-8") as f:
-                    text = f.read()
-            except (OSError, UnicodeDecodeError):
-                continue
-            for block in re.findall(r'"""(.*?)"""', text, flags=re.S):
-                for para in block.split("\n\n"):
-                    para = " ".join(para.split())
-                    if len(para) > 20 and sum(c.isalpha() for c in para) > 0.6 * len(para):
-                        paragraphs.append(para)
-    return paragraphs
-
-
-def train_tiny_tokenizer(directory: str | os.PathLike, vocab_size: int = 8000) -> str:
-    """Trains a small sentencepiece unigram model with T5's ids into DIR/spiece.model (about 1 s).
-
-    pad 0, eos 1, unk 2, no bos, as T5's; `load_tokenizer(DIR)` adds T5's 100 `<extra_id_*>` tokens,
-    so the default gives 8100 ids (`T5Config.tiny().vocab_size`). The corpus is the docstrings of
-    the Python standard library, so it needs no download. Used by the tests, the notebooks and the
-    offline tiny-random model.
-
-    Returns:
-      `directory`, as a string.
-    """
-    import io
-
-    import sentencepiece as spm
-
-    directory = os.fspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_docstring_corpus()),
-        model_writer=model,
-        vocab_size=vocab_size,
-        model_type="unigram",
-        character_coverage=1.0,
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-        num_threads=2,
-        minloglevel=2,
-    )
-    tmp = os.path.join(directory, SPIECE + ".partial")
-    with open(tmp, "wb") as f:
-        f.write(model.getvalue())
-    os.replace(tmp, os.path.join(directory, SPIECE))
-    return directory
-
-
-# --------------------------------------------------------------------------------------------------
-# Conversion table: Hugging Face T5 keys -> our parameter paths (used by `convert.convert_t5`).
-
-
-def _transpose(srcs: dict[str, np.ndarray]) -> np.ndarray:
-    return next(iter(srcs.values())).T  # torch Linear [out, in] -> nnx kernel [in, out]
-
-
-def hf_conversion_rules(source_keys) -> tuple[list[Any], list[str]]:
-    """(rules, ignored patterns) mapping a transformers T5 state dict onto `T5EncoderModel`.
-
-    The token embedding is tied: checkpoints store it as `shared.weight`,
-    `encoder.embed_tokens.weight`, or both; `shared.weight` wins when both are there. The decoder
-    and LM head of a full encoder-decoder checkpoint are ignored.
-    """
-    from audiogen_jax.convert import Rule
-
-    keys = set(source_keys)
-    blk = r"encoder\.block\.(\d+)\.layer"
-    ignore = [r"decoder\..*", r"lm_head\..*"]
-    if "shared.weight" in keys:
-        embed = Rule(r"shared\.weight", "shared.embedding")
-        ignore.append(r"encoder\.embed_tokens\.weight")
-    else:
-        embed = Rule(r"encoder\.embed_tokens\.weight", "shared.embedding")
-    rules = [
-        embed,
-        Rule(
-            blk + r"\.0\.SelfAttention\.([qkvo])\.weight",
-            r"encoder.block.\1.layer.0.SelfAttention.\2.kernel",
-            _transpose,
-        ),
-        Rule(
-            r"encoder\.block\.0\.layer\.0\.SelfAttention\.relative_attention_bias\.weight",
-            "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.embedding",
-        ),
-        Rule(blk + r"\.([01])\.layer_norm\.weight", r"encoder.block.\1.layer.\2.layer_norm.weight"),
-        Rule(
-            blk + r"\.1\.DenseReluDense\.(wi|wi_0|wi_1|wo)\.weight",
-            r"encoder.block.\1.layer.1.DenseReluDense.\2.kernel",
-            _transpose,
-        ),
-        Rule(r"encoder\.final_layer_norm\.weight", "encoder.final_layer_norm.weight"),
-    ]
-    return rules, ignore
 
 
 # --------------------------------------------------------------------------------------------------

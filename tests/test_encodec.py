@@ -1,4 +1,4 @@
-"""EnCodec: parity with audiocraft's EncodecModel, the converter, shapes, and clear errors on bad input.
+"""EnCodec: parity with audiocraft's EncodecModel, the converter, shapes, clear errors on bad input.
 
 Every parity case builds the reference with random weights (weight norm on, random biases, codebooks
 seeded from the encoder's own residuals; see tests/encodec_reference.py), writes it in the real
@@ -27,8 +27,9 @@ from refutil import save_audiocraft_package
 from audiogen_jax import checkpoint, encodec
 from audiogen_jax.cli import convert_main
 from audiogen_jax.config import EncodecConfig
-from audiogen_jax.convert import ConversionError, convert_compression
 from audiogen_jax.encodec import EncodecModel
+from audiogen_jax.encodec_params import convert_compression
+from audiogen_jax.io.errors import ConversionError
 
 # Measured max abs errors (docs/parity.md, "EnCodec"): latents 2.6e-6 (peak |latent| 1.8), decoded
 # audio 2.4e-7 (peak |audio| ~0.3). Tolerances ~4-8x that.
@@ -146,7 +147,8 @@ def _compare(cfg, ref, model, wav):
 def test_medium_matches_reference(medium):
     cfg, ref, model, _ = medium
     # >= 1 s, not a multiple of the hop, batch 3: noise, tones, silence. (Inputs shorter than a hop
-    # or than the convs' padding are covered by the tiny configs, at a fraction of the compile time.)
+    # or than the convs' padding are covered by the tiny configs, at a fraction of the compile
+    # time.)
     _compare(cfg, ref, model, _signals(cfg, cfg.sample_rate + 123, ("noise", "tones", "silence")))
 
 
@@ -171,6 +173,7 @@ def test_tiny_matches_reference(tiny):
     _compare(cfg, ref, model, _signals(cfg, 1, ("noise", "tones"), seed=1))
 
 
+@pytest.mark.parity
 def test_converted_config_and_properties(medium):
     cfg, _, model, _ = medium
     assert model.config == cfg
@@ -179,6 +182,7 @@ def test_converted_config_and_properties(medium):
 
 
 @pytest.mark.parametrize("cfg", TINY_CASES.values(), ids=TINY_CASES)
+@pytest.mark.parity
 def test_frame_rate_is_the_reference_builders_int(reference, cfg):
     # The causal variant's hop (6) does not divide 8000: the reference rounds 1333.3 down.
     from audiocraft.models.builders import get_compression_model
@@ -262,6 +266,7 @@ def _convert_error(tmp_path, state, cfg_yaml) -> str:
     return str(e.value)
 
 
+@pytest.mark.parity
 def test_converter_rejects_lm_checkpoint(reference, tmp_path):
     import torch
 
@@ -273,6 +278,7 @@ def test_converter_rejects_lm_checkpoint(reference, tmp_path):
     assert "not an EnCodec compression checkpoint" in msg and "--lm" in msg
 
 
+@pytest.mark.parity
 def test_converter_rejects_random_file(reference, tmp_path):
     src = tmp_path / "random.bin"
     src.write_bytes(np.random.default_rng(0).bytes(4096))
@@ -281,6 +287,7 @@ def test_converter_rejects_random_file(reference, tmp_path):
     assert convert_main(["--compression", str(src), "--out", str(tmp_path / "out")]) == 1
 
 
+@pytest.mark.parity
 def test_converter_lists_every_config_weight_mismatch(reference, tmp_path):
     # Weights of the tiny codec, config claiming twice the filters and a second LSTM layer.
     wrong = dataclasses.replace(TINY, n_filters=8, lstm=2)
@@ -294,6 +301,7 @@ def test_converter_lists_every_config_weight_mismatch(reference, tmp_path):
     )  # every mis-shaped kernel, not the first
 
 
+@pytest.mark.parity
 def test_converter_rejects_unsupported_settings(reference, tmp_path):
     msg = _convert_error(tmp_path, _tiny_state(reference), xp_cfg_yaml(TINY, renormalize=True))
     assert "renormalize" in msg
@@ -306,6 +314,7 @@ def test_converter_rejects_unsupported_settings(reference, tmp_path):
     assert "GELU" in msg and "time_group_norm" in msg
 
 
+@pytest.mark.parity
 def test_converter_rejects_uninitialised_codebooks(reference, tmp_path):
     state = _tiny_state(reference)
     state["quantizer.vq.layers.2._codebook.inited"].zero_()
@@ -313,6 +322,7 @@ def test_converter_rejects_uninitialised_codebooks(reference, tmp_path):
     assert "never initialised" in msg and "layers.2" in msg
 
 
+@pytest.mark.parity
 def test_converter_output_format(medium, tmp_path):
     _, _, _, src = medium
     convert_compression(src, tmp_path)

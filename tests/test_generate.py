@@ -31,6 +31,11 @@ DESCRIPTIONS = ["dog barking", "sirens of an emergency vehicle in a busy city st
 WAV_ATOL = 1e-6
 
 
+def frames(T: int, params=GREEDY, **kwargs) -> gen.GenerationSettings:
+    """Settings for T frames: at one frame per second, whole seconds are whole frames, exactly."""
+    return gen.GenerationSettings(duration=T, frame_rate=1.0, sampling=params, **kwargs)
+
+
 class TableConditioner(nnx.Module):
     """A stand-in text encoder for the loop tests: a lookup table, zeroed where the mask is 0."""
 
@@ -88,11 +93,9 @@ def test_greedy_equals_the_literal_reference_loop(tiny, T, T0, bucket):
         cond,
         ids,
         mask,
-        T,
+        frames(T, frame_bucket=bucket),
         key=jax.random.key(0),
-        params=GREEDY,
         prompt_BKT=prompt,
-        frame_bucket=bucket,
     )
     expected = literal_greedy(lm, cond, ids, mask, T, prompt)
     np.testing.assert_array_equal(ours, expected)
@@ -106,9 +109,8 @@ def test_bucketing_reuses_the_program(tiny):
 
     def run(T, ids=ids, coef=3.0):
         params = sampling.SamplingParams(use_sampling=False, cfg_coef=coef)
-        return gen.generate_codes(
-            lm, cond, ids, mask, T, key=jax.random.key(0), params=params, frame_bucket=8
-        )
+        settings = frames(T, params, frame_bucket=8)
+        return gen.generate_codes(lm, cond, ids, mask, settings, key=jax.random.key(0))
 
     a = run(9)
     n = gen._token_program._cache_size()
@@ -120,7 +122,7 @@ def test_bucketing_reuses_the_program(tiny):
     assert gen._token_program._cache_size() == n
     # Bucketed and exact shapes give the same tokens.
     np.testing.assert_array_equal(
-        a, gen.generate_codes(lm, cond, ids, mask, 9, key=jax.random.key(0), params=GREEDY)
+        a, gen.generate_codes(lm, cond, ids, mask, frames(9), key=jax.random.key(0))
     )
     assert b.shape == (2, 4, 14)
     n = gen._token_program._cache_size()
@@ -133,9 +135,8 @@ def test_sampling_is_deterministic_per_seed(tiny):
     params = sampling.SamplingParams(use_sampling=True, top_k=5, temperature=1.0, cfg_coef=3.0)
 
     def run(seed):
-        return gen.generate_codes(
-            lm, cond, ids, mask, 12, key=jax.random.key(seed), params=params, frame_bucket=8
-        )
+        settings = frames(12, params, frame_bucket=8)
+        return gen.generate_codes(lm, cond, ids, mask, settings, key=jax.random.key(seed))
 
     a, b, c = run(1), run(1), run(2)
     np.testing.assert_array_equal(a, b)
@@ -158,28 +159,11 @@ def test_progress_reports_every_step_and_changes_nothing(tiny, monkeypatch):
 
     monkeypatch.setattr(gen, "_progress_bar", recorder)
     prompt = np.zeros((2, 4, 3), np.int32)
-    quiet = gen.generate_codes(
-        lm,
-        cond,
-        ids,
-        mask,
-        10,
-        key=jax.random.key(0),
-        params=GREEDY,
-        prompt_BKT=prompt,
-        frame_bucket=8,
-    )
+    settings = frames(10, frame_bucket=8)
+    key = jax.random.key(0)
+    quiet = gen.generate_codes(lm, cond, ids, mask, settings, key=key, prompt_BKT=prompt)
     loud = gen.generate_codes(
-        lm,
-        cond,
-        ids,
-        mask,
-        10,
-        key=jax.random.key(0),
-        params=GREEDY,
-        prompt_BKT=prompt,
-        frame_bucket=8,
-        progress=True,
+        lm, cond, ids, mask, settings, key=key, prompt_BKT=prompt, progress=True
     )
     np.testing.assert_array_equal(quiet, loud)
     # S - start steps: (10 + 3 + 1) - (3 + 1).
@@ -187,22 +171,55 @@ def test_progress_reports_every_step_and_changes_nothing(tiny, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
+    "prompt, match",
     [
-        ({"prompt_BKT": np.zeros((2, 4, 12), np.int32)}, "shorter than"),
-        ({"prompt_BKT": np.zeros((2, 3, 4), np.int32)}, "prompt codes must be"),
-        ({"prompt_BKT": np.full((2, 4, 4), 99, np.int32)}, "must lie in"),
-        ({"prompt_BKT": np.zeros((2, 4, 4), np.float32)}, "integers"),
-        ({"max_frames": 8}, "extend stride"),
-        ({"max_frames": 8, "stride_frames": 8}, "extend stride"),
+        (np.zeros((2, 4, 12), np.int32), "shorter than"),
+        (np.zeros((2, 3, 4), np.int32), "prompt codes must be"),
+        (np.full((2, 4, 4), 99, np.int32), "must lie in"),
+        (np.zeros((2, 4, 4), np.float32), "integers"),
     ],
 )
-def test_bad_input(tiny, kwargs, match):
+def test_bad_input(tiny, prompt, match):
     lm, cond, ids, mask = tiny
+    key = jax.random.key(0)
     with pytest.raises(ValueError, match=match):
-        gen.generate_codes(lm, cond, ids, mask, 12, key=jax.random.key(0), params=GREEDY, **kwargs)
+        gen.generate_codes(lm, cond, ids, mask, frames(12), key=key, prompt_BKT=prompt)
     with pytest.raises(ValueError, match=r"\[2B, L\]"):
-        gen.generate_codes(lm, cond, ids[:3], mask[:3], 12, key=jax.random.key(0), params=GREEDY)
+        gen.generate_codes(lm, cond, ids[:3], mask[:3], frames(12), key=key)
+    with pytest.raises(ValueError, match="exceeds the codebook size"):
+        top_k = sampling.SamplingParams(top_k=lm.config.card + 1)
+        gen.generate_codes(lm, cond, ids, mask, frames(12, top_k), key=key)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"duration": 0}, "duration must be > 0"),
+        ({"duration": float("nan")}, "duration must be finite"),
+        ({"duration": 0.5}, "shorter than one frame"),
+        ({"frame_rate": "50"}, "frame_rate must be a number"),
+        ({"max_duration": 8}, "needs an extend stride"),
+        ({"max_duration": 8, "extend_stride": 8}, r"extend_stride must be in \(0, max_duration"),
+        ({"extend_stride": 2}, "extend_stride needs max_duration"),
+        ({"frame_bucket": 0}, "frame_bucket must be >= 1"),
+        ({"frame_bucket": 2.0}, "frame_bucket must be an int"),
+        ({"sampling": {"top_k": 5}}, "sampling must be a SamplingParams"),
+    ],
+)
+def test_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        gen.GenerationSettings(**{"duration": 12, "frame_rate": 1.0, "sampling": GREEDY, **kwargs})
+
+
+def test_window_lengths_round_like_the_reference():
+    # The reference computes each window in float seconds (genmodel.py `_generate_tokens`):
+    # int(min(1.7 - 40 / 50, 1.0) * 50) = int(44.999...) = 44, one frame less than 85 - 40 whole
+    # frames. The sliding-window parity test below checks the same against audiocraft itself.
+    s = gen.GenerationSettings(
+        duration=1.7, frame_rate=50, max_duration=1.0, extend_stride=0.4, sampling=GREEDY
+    )
+    assert (s.num_frames, s.max_frames, s.stride_frames) == (85, 50, 20)
+    assert [s.window_frames(offset) for offset in (0, 20, 40)] == [50, 50, 44]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -353,16 +370,14 @@ def test_greedy_continuation_matches_reference(pair):
         from audiogen_jax import t5
 
         ids, mask = t5.tokenize(ours.tokenizer, DESCRIPTIONS + [None] * 3)
-        codes = gen.generate_codes(
-            ours.lm,
-            ours.conditioner,
-            ids,
-            mask,
-            T,
-            key=jax.random.key(0),
-            params=ours.params,
-            prompt_BKT=prompt,
+        settings = gen.GenerationSettings(
+            duration=T / ours.frame_rate,
+            frame_rate=ours.frame_rate,
+            sampling=ours.params,
             frame_bucket=50,
+        )
+        codes = gen.generate_codes(
+            ours.lm, ours.conditioner, ids, mask, settings, key=jax.random.key(0), prompt_BKT=prompt
         )
         assert np.array_equal(codes, ref_codes), _mismatch_report(
             ours, DESCRIPTIONS, ref_codes, codes
@@ -373,7 +388,8 @@ def test_greedy_continuation_matches_reference(pair):
 def test_sliding_window_matches_reference(reference, tmp_path_factory):
     # The window logic does not depend on the widths: checked on the tiny model.
     _, ref, ours = _pair("tiny", tmp_path_factory)
-    # A 1 s window moving by 0.4 s, for 1.7 s: windows of 50, 50 and 45 frames (20 + 20 + 15 new).
+    # A 1 s window moving by 0.4 s, for 1.7 s: windows of 50, 50, 44 and 25 frames
+    # (20 + 20 + 14 + 1 new: the float seconds round the third window down).
     for m in (ref, ours):
         m.max_duration = 1.0
         m.set_generation_params(duration=1.7, use_sampling=False, cfg_coef=3.0, extend_stride=0.4)

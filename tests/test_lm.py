@@ -1,10 +1,12 @@
-"""The transformer LM: cached decoding vs the full forward, bad input, conversion, and parity with audiocraft.
+"""The transformer LM: cached decoding vs the full forward, bad input, conversion, and parity with
+audiocraft.
 
-Parity: audiocraft's `LMModel` is built with random weights (fp16-rounded, as the release stores them), saved in
-the real export format (fp16 `best_state` + an `xp.cfg` YAML with unresolved interpolations), converted by
-`convert_weights.py`'s code path, loaded with `LMModel.from_pretrained`, and compared on teacher-forced logits and on
-the reference's own streaming (KV-cache) logits. Metric: relative error = max |ours - ref| / max |ref| over all
-logits compared. Tolerances are measured values (docs/parity.md, "Transformer LM") times a small margin.
+Parity: audiocraft's `LMModel` is built with random weights (fp16-rounded, as the release stores
+them), saved in the real export format (fp16 `best_state` + an `xp.cfg` YAML with unresolved
+interpolations), converted by `convert_weights.py`'s code path, loaded with
+`LMModel.from_pretrained`, and compared on teacher-forced logits and on the reference's own
+streaming (KV-cache) logits. Metric: relative error = max |ours - ref| / max |ref| over all logits
+compared. Tolerances are measured values (docs/parity.md, "Transformer LM") times a small margin.
 """
 
 from __future__ import annotations
@@ -18,14 +20,18 @@ import pytest
 from flax import nnx
 from refutil import reference_lm
 
-from audiogen_jax import checkpoint, convert
+from audiogen_jax import checkpoint, lm_params
 from audiogen_jax import lm as lm_lib
 from audiogen_jax.config import LMConfig
+from audiogen_jax.io.audiocraft import YamlConfig
+from audiogen_jax.io.errors import ConversionError
 
-# Measured (docs/parity.md): fp32 tiny <= 5.0e-7, medium widths <= 1.03e-6; bf16 weights vs fp32 reference <= 4.7e-3.
+# Measured (docs/parity.md): fp32 tiny <= 5.03e-7, medium widths <= 1.03e-6; bf16 weights vs the
+# fp32 reference <= 4.67e-3.
 TOL_FP32 = 5e-6
 TOL_BF16 = 2e-2
-# Cached decoding vs our own teacher-forced forward (same weights, different op shapes): measured <= 3.3e-7.
+# Cached decoding vs our own teacher-forced forward (same weights, different op shapes): measured
+# 3.30e-7 one step at a time, 4.61e-7 after a 5-step prefill (docs/parity.md).
 TOL_SELF = 5e-6
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,7 +43,7 @@ def rel_err(a, b) -> float:
 
 
 def delayed(codes_BKT: np.ndarray, delays, special: int) -> np.ndarray:
-    """Test-local delay layout (reference `build_pattern_sequence(..., keep_only_valid_steps=False)`)."""
+    """Test-local delay layout (reference `build_pattern_sequence`, keep_only_valid_steps=False)."""
     B, K, T = codes_BKT.shape
     S = T + max(delays) + 1
     seq = np.full((B, K, S), special, codes_BKT.dtype)
@@ -157,8 +163,7 @@ def test_bf16_round_trip_and_layout(tiny, tmp_path):
     err = rel_err(lm_lib.forward(bf, seq, cond), ref)
     print(f"tiny: bf16 copy vs fp32 model rel err {err:.2e}")
     assert err < TOL_BF16
-    checkpoint.save_module(bf, tmp_path / "lm.safetensors")
-    checkpoint.update_config(tmp_path, "lm", cfg.to_dict())
+    bf.save_pretrained(tmp_path)
     loaded = lm_lib.LMModel.from_pretrained(tmp_path)  # keeps the file's dtype
     assert loaded.dtype == jnp.bfloat16
     np.testing.assert_array_equal(lm_lib.forward(loaded, seq, cond), lm_lib.forward(bf, seq, cond))
@@ -176,16 +181,51 @@ def test_bf16_round_trip_and_layout(tiny, tmp_path):
     assert rel_err(lm_lib.forward(up, seq, cond), ref) < TOL_BF16
 
 
+def test_one_kernel_layout_on_disk(tiny, tmp_path):
+    """Kernels are stored [in, out] whatever the dtype; a file without that marker (written before
+    the layout was fixed, 16-bit kernels [out, in]) is refused with the command that re-converts."""
+    from audiogen_jax.io.safetensors import SafetensorsFile
+
+    bf = tiny.astype(jnp.bfloat16)
+    bf.save_pretrained(tmp_path / "bf16")
+    tiny.save_pretrained(tmp_path / "f32")
+    files = {d: SafetensorsFile(tmp_path / d / "lm.safetensors") for d in ("bf16", "f32")}
+    key = "transformer.layers.0.linear1.kernel"  # [D, F] in either file
+    assert (
+        files["bf16"][key].shape
+        == files["f32"][key].shape
+        == (tiny.config.dim, tiny.config.ffn_dim)
+    )
+    assert all(f.metadata[lm_lib.LAYOUT_KEY] == "in_out" for f in files.values())
+    np.testing.assert_array_equal(
+        files["bf16"].read(key).astype(np.float32),
+        np.asarray(tiny.transformer.layers[0].linear1.kernel[...].astype(jnp.bfloat16), np.float32),
+    )
+    old = tmp_path / "old"
+    checkpoint.save_module(bf, tmp_path / "lm.safetensors")  # runtime layout, no marker
+    checkpoint.update_config(old, "lm", tiny.config.to_dict())
+    os.replace(tmp_path / "lm.safetensors", old / "lm.safetensors")
+    with pytest.raises(checkpoint.CheckpointError, match="older audiogen-jax.*convert --lm"):
+        lm_lib.LMModel.from_pretrained(old)
+
+
 # --------------------------------------------------------------------------------------------------
 # Parity with audiocraft.
 
 
 def xp_cfg_yaml(cfg: LMConfig, t5_name: str, extra: str = "") -> str:
-    """A training config written the way audiocraft exports it: unresolved interpolations, obsolete keys."""
+    """A training config written the way audiocraft exports it: unresolved interpolations and
+    obsolete keys."""
+    stereo = (
+        "channels: 2\ninterleave_stereo_codebooks:\n  use: true\n  per_timestep: false\n"
+        if cfg.interleave_stereo
+        else "channels: 1\n"
+    )
     return f"""
 device: cpu
 dtype: float32
-lm_model: transformer_lm
+solver: {cfg.family}
+{stereo}lm_model: transformer_lm
 guidance_coef: {cfg.cfg_coef}
 dora:
   dir: /checkpoint/${{oc.env:SOME_UNSET_USER_VARIABLE_XYZ}}/xps
@@ -262,7 +302,8 @@ transformer_lm:
 
 
 def build_reference(cfg: LMConfig, seed: int):
-    """audiocraft's LMModel at `cfg`, random weights rounded to fp16 (as the release stores them), norms randomized."""
+    """audiocraft's LMModel at `cfg`, random weights rounded to fp16 (as the release stores them),
+    norms randomized."""
     import torch
 
     torch.manual_seed(seed)
@@ -280,13 +321,14 @@ def build_reference(cfg: LMConfig, seed: int):
             p.copy_(p.half().float())
     state = dict(ref.state_dict())
     proj = torch.nn.Linear(cfg.condition_dim, cfg.dim)
-    state[convert.LM_OUTPUT_PROJ + ".weight"] = proj.weight.detach()
-    state[convert.LM_OUTPUT_PROJ + ".bias"] = proj.bias.detach()
+    state[lm_params.LM_OUTPUT_PROJ + ".weight"] = proj.weight.detach()
+    state[lm_params.LM_OUTPUT_PROJ + ".bias"] = proj.bias.detach()
     return ref, state
 
 
 def reference_logits(ref, seq, cond, mask, prefill: int | None = None):
-    """Teacher-forced logits (prefill=None) or streaming logits: `prefill` steps at once, then one at a time."""
+    """Teacher-forced logits (prefill=None) or streaming logits: `prefill` steps at once, then one
+    at a time."""
     import torch
 
     seq_t = torch.from_numpy(np.asarray(seq, np.int64))
@@ -315,7 +357,8 @@ def our_streaming(model, seq, cond, prefill: int):
 
 CASES = {
     "tiny": (LMConfig.tiny(), "t5-small-test", 50),
-    # AudioGen-medium widths (D 1536, 24 heads, V 2048, K 4, t5-large width 1024) with 2 of its 48 layers.
+    # AudioGen-medium widths (D 1536, 24 heads, V 2048, K 4, t5-large width 1024) with 2 of its 48
+    # layers.
     "medium2": (LMConfig.medium(num_layers=2), "t5-large", 50),
 }
 
@@ -328,7 +371,7 @@ def make_case(name: str, tmp_path_factory) -> dict:
     d = tmp_path_factory.mktemp(f"lm_{name}")
     src = d / "state_dict.bin"
     save_audiocraft_package(src, state, xp_cfg_yaml(cfg, t5_name), half=True)
-    convert.convert_lm(src, d / "out")
+    lm_params.convert_lm(src, d / "out")
     rng = np.random.default_rng(0)
     B, L = 2, 7
     seq = delayed(rng.integers(0, cfg.card, (B, cfg.n_q, T)), cfg.delays, cfg.card)
@@ -374,8 +417,8 @@ def test_converted_config_and_conditioner(converted):
     from safetensors.numpy import load_file
 
     proj = load_file(str(out / "conditioner.safetensors"))
-    w = converted["state"][convert.LM_OUTPUT_PROJ + ".weight"].to(torch.float16).float().numpy()
-    b = converted["state"][convert.LM_OUTPUT_PROJ + ".bias"].to(torch.float16).float().numpy()
+    w = converted["state"][lm_params.LM_OUTPUT_PROJ + ".weight"].to(torch.float16).float().numpy()
+    b = converted["state"][lm_params.LM_OUTPUT_PROJ + ".bias"].to(torch.float16).float().numpy()
     np.testing.assert_array_equal(proj["kernel"], w.T)
     np.testing.assert_array_equal(proj["bias"], b)
 
@@ -407,7 +450,7 @@ def test_streaming_parity(converted):
 
 @pytest.mark.parity
 def test_bf16_conversion(converted, tmp_path):
-    convert.convert_lm(converted["src"], tmp_path, dtype="bfloat16")
+    lm_params.convert_lm(converted["src"], tmp_path, dtype="bfloat16")
     model = lm_lib.LMModel.from_pretrained(tmp_path)
     assert model.dtype == jnp.bfloat16
     seq, cond = converted["seq"], converted["cond"]
@@ -419,7 +462,8 @@ def test_bf16_conversion(converted, tmp_path):
 
 @pytest.mark.parity
 def test_synthetic_state_dict_keys_match_reference(reference):
-    """The full-size memory benchmark builds its state dict by hand: its keys/shapes must be the real ones."""
+    """The full-size memory benchmark builds its state dict by hand: its keys and shapes must be the
+    real ones."""
     cfg = LMConfig.tiny()
     _, state = build_reference(cfg, seed=1)
     synthetic = load_bench().audiocraft_lm_shapes(cfg)
@@ -430,7 +474,8 @@ def test_synthetic_state_dict_keys_match_reference(reference):
 
 @pytest.mark.parity
 def test_biases_parity(reference, tmp_path):
-    """bias_ff / bias_attn / bias_proj = true (AudioGen has none; the port supports them): teacher-forced parity."""
+    """bias_ff / bias_attn / bias_proj = true (AudioGen has none; the port supports them):
+    teacher-forced parity."""
     from refutil import save_audiocraft_package
 
     cfg = LMConfig.from_dict(
@@ -441,7 +486,7 @@ def test_biases_parity(reference, tmp_path):
     save_audiocraft_package(
         tmp_path / "sd.bin", state, xp_cfg_yaml(cfg, "t5-small-test"), half=True
     )
-    convert.convert_lm(tmp_path / "sd.bin", tmp_path / "out")
+    lm_params.convert_lm(tmp_path / "sd.bin", tmp_path / "out")
     model = lm_lib.LMModel.from_pretrained(tmp_path / "out")
     rng = np.random.default_rng(3)
     seq = delayed(rng.integers(0, cfg.card, (2, cfg.n_q, 20)), cfg.delays, cfg.card)
@@ -481,8 +526,8 @@ def test_conversion_errors(tiny_case, tmp_path):
         add={"transformer.layers.0.extra.weight": torch.zeros(3)},
         reshape={"linears.2.weight": (5, 7), "emb.0.weight": (3, 3)},
     )
-    with pytest.raises(convert.ConversionError) as e:
-        convert.convert_lm(bad, tmp_path / "out")
+    with pytest.raises(ConversionError) as e:
+        lm_params.convert_lm(bad, tmp_path / "out")
     msg = str(e.value)
     assert (
         "transformer.layers.0.extra.weight" in msg and "transformer.layers.1.linear2.kernel" in msg
@@ -491,13 +536,13 @@ def test_conversion_errors(tiny_case, tmp_path):
     bad = _mutated_package(
         converted, tmp_path, reshape={"linears.2.weight": (5, 7), "emb.0.weight": (3, 3)}
     )
-    with pytest.raises(convert.ConversionError) as e:
-        convert.convert_lm(bad, tmp_path / "out")
+    with pytest.raises(ConversionError) as e:
+        lm_params.convert_lm(bad, tmp_path / "out")
     assert "linears.2.kernel" in str(e.value) and "emb.0.embedding" in str(e.value)
     assert not (tmp_path / "out" / "lm.safetensors").exists()
-    bad = _mutated_package(converted, tmp_path, drop=[convert.LM_OUTPUT_PROJ + ".weight"])
-    with pytest.raises(convert.ConversionError, match="output_proj"):
-        convert.convert_lm(bad, tmp_path / "out")
+    bad = _mutated_package(converted, tmp_path, drop=[lm_params.LM_OUTPUT_PROJ + ".weight"])
+    with pytest.raises(ConversionError, match="output_proj"):
+        lm_params.convert_lm(bad, tmp_path / "out")
 
 
 @pytest.mark.parity
@@ -513,9 +558,9 @@ def test_unsupported_settings_refused(tiny_case, tmp_path):
     )
     tree["transformer_lm"]["norm_first"] = False
     tree["codebooks_pattern"]["modeling"] = "unroll"
-    xp = convert.YamlConfig(tree)
+    xp = YamlConfig(tree)
     with pytest.raises(ValueError) as e:
-        convert.lm_config_from_audiocraft(xp, None)
+        lm_params.lm_config_from_audiocraft(xp, None)
     for word in (
         "positional_embedding",
         "qk_layer_norm",
@@ -530,8 +575,8 @@ def test_unsupported_settings_refused(tiny_case, tmp_path):
 
     src = tmp_path / "rope.bin"
     save_audiocraft_package(src, converted["state"], yaml.safe_dump(tree), half=True)
-    with pytest.raises(convert.ConversionError, match="positional_embedding"):
-        convert.convert_lm(src, tmp_path / "out")
+    with pytest.raises(ConversionError, match="positional_embedding"):
+        lm_params.convert_lm(src, tmp_path / "out")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -541,7 +586,8 @@ def test_unsupported_settings_refused(tiny_case, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parity
 def test_full_size_checkpoint(reference, tmp_path_factory):
-    """Converts a random 1.84B-parameter fp16 checkpoint, loads it, and compares the first steps' logits.
+    """Converts a random 1.84B-parameter fp16 checkpoint, loads it, and compares the first steps'
+    logits.
 
     Memory: the reference (7.4 GB fp32) runs first and is freed before our model (7.4 GB) is loaded.
     """
@@ -569,7 +615,7 @@ def test_full_size_checkpoint(reference, tmp_path_factory):
     del ref
     gc.collect()
 
-    convert.convert_lm(src, d / "out")
+    lm_params.convert_lm(src, d / "out")
     os.remove(src)
     model = lm_lib.LMModel.from_pretrained(d / "out")
     err_tf = rel_err(lm_lib.forward(model, seq, cond), want_tf)

@@ -1,8 +1,10 @@
-"""The opt-in int8 LM (`LMModel.astype(jnp.int8)`, W8A8): structure, its error against float32, caching, loading.
+"""The opt-in int8 LM (`int8.py`, `LMModel.astype(jnp.int8)`, W8A8): structure, its error against
+float32, caching, loading.
 
-int8 is beyond the reference (audiocraft has no quantized LM), so the comparison is with our own float32 model on
-the same random weights. Metric: max |int8 - fp32| / max |fp32| over all teacher-forced logits. Measured values
-and tolerances are in docs/performance.md ("int8 weights").
+int8 is beyond the reference (audiocraft has no quantized LM), so the comparison is with our own
+float32 model on the same random weights. Metric: max |int8 - fp32| / max |fp32| over all
+teacher-forced logits. Measured values and tolerances are in docs/performance.md ("int8
+weights").
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ import pytest
 from flax import nnx
 from test_lm import conditions, delayed, rel_err
 
-from audiogen_jax import checkpoint
 from audiogen_jax import lm as lm_lib
 from audiogen_jax.config import LMConfig
 
-# Measured (docs/performance.md): tiny 1.7e-2, medium widths with 2 layers 2.0e-2 (8 layers: 3.2e-2).
+# Measured (docs/performance.md): tiny 1.7e-2, medium widths with 2 layers 2.0e-2 (8 layers:
+# 3.2e-2).
 TOL_INT8 = 5e-2
 # Cached int8 steps vs the int8 forward on the tiny model: measured 1.2e-7.
 TOL_SELF = 1e-4
@@ -48,8 +50,8 @@ def test_int8_structure(pair):
         layer.norm1.scale[...].dtype == jnp.float32 and q.emb[0].embedding[...].dtype == jnp.float32
     )
     assert fp32.transformer.layers[0].linear1.kernel_scale is None
-    # dequantized kernels are within half a quantization step of the float ones (measured 0.5000065 steps at
-    # most: float rounding at ties)
+    # dequantized kernels are within half a quantization step of the float ones (measured 0.5000065
+    # steps at most: float rounding at ties)
     w = np.asarray(fp32.transformer.layers[0].linear1.kernel[...]).T
     step = np.asarray(layer.linear1.kernel_scale[...])[:, None]
     deq = np.asarray(layer.linear1.kernel[...], np.float32) * step
@@ -82,8 +84,7 @@ def test_int8_cached_steps_equal_forward():
 def test_int8_from_pretrained_and_refusals(tmp_path):
     cfg = LMConfig.tiny()
     model = lm_lib.LMModel(cfg, rngs=nnx.Rngs(1)).astype(jnp.bfloat16)
-    checkpoint.save_module(model, tmp_path / "lm.safetensors")
-    checkpoint.update_config(tmp_path, "lm", cfg.to_dict())
+    model.save_pretrained(tmp_path)
     q = lm_lib.LMModel.from_pretrained(tmp_path, dtype=jnp.int8)
     direct = model.astype(jnp.int8)
     seq, cond = inputs(cfg)

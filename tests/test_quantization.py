@@ -46,7 +46,8 @@ def test_codeword_inputs_encode_to_themselves_with_zero_residual():
 
 
 def test_random_init_is_the_same_eagerly_and_under_jit():
-    # Codewords are drawn by numpy from the key's bits (`host_random`); under a trace, by a callback.
+    # Codewords are drawn by numpy from the key's bits (`initializers.host_random`); under a trace,
+    # by a callback.
     eager = _rvq(seed=3)
     traced = nnx.jit(lambda: _rvq(seed=3))()
     for a, b in zip(eager.layers, traced.layers, strict=True):
