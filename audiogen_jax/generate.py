@@ -52,7 +52,12 @@ program for the set-up (`_start`), then the scan `PROGRESS_STEPS` iterations at 
 next piece is already queued. A callback inside the scan would report every step, but JAX never
 writes a program holding a Python callback to its persistent compilation cache, so every process
 would compile it again (see `compilation_cache.py`); the pieces hold none. Same tokens; the cost is
-measured in docs/parity.md (## Generation).
+measured in docs/parity.md (## Generation). The bar reads "generating (compiling)" until the first
+piece reports, then restarts its clock, so its rate and time left count decoding steps only.
+
+Non-finite logits: the scan carries one flag, set when a step's guided logits hold NaN or inf
+(non-finite weights, a bf16 overflow, an extreme `cfg_coef`); such a window raises
+`FloatingPointError` instead of returning codes that argmax/sampling made from NaN.
 
 References: audiocraft 1.3.0 `models/lm.py` (`LMModel.generate`, `_sample_next_token`),
 `models/genmodel.py` (`BaseGenModel.generate*`, `_generate_tokens`).
@@ -218,6 +223,7 @@ class DecodeState:
 
     seq_BKS: jax.Array  # [B, K, S_b] int32 delayed codes; UNKNOWN (-1) where not generated yet
     cache: lmlib.KVCache  # the LM's keys/values for the 2B rows [cond; null], up to S_b steps
+    nonfinite: jax.Array  # bool scalar: some step's guided logits held NaN or inf
 
 
 def _scan_length(frames_b: int, delays: Sequence[int]) -> int:
@@ -261,7 +267,7 @@ def _start(
         block_BKP = seq_BKS[:, :, :prefill]
         block_BKP = jnp.where(block_BKP == UNKNOWN, special, block_BKP)
         _, cache = lmlib.step(lm, jnp.concatenate([block_BKP, block_BKP]), cache, jnp.int32(0))
-    return DecodeState(seq_BKS=seq_BKS, cache=cache)
+    return DecodeState(seq_BKS=seq_BKS, cache=cache, nonfinite=jnp.bool_(False))
 
 
 def _decode(
@@ -295,7 +301,8 @@ def _decode(
         current_BK = jax.lax.dynamic_index_in_dim(state.seq_BKS, s, axis=2, keepdims=False)
         new_BK = jnp.where(current_BK == UNKNOWN, ids_BK, current_BK)
         seq_BKS = jax.lax.dynamic_update_index_in_dim(state.seq_BKS, new_BK, s, axis=2)
-        return DecodeState(seq_BKS=seq_BKS, cache=cache)
+        nonfinite = state.nonfinite | ~jnp.all(jnp.isfinite(guided_BKV))
+        return DecodeState(seq_BKS=seq_BKS, cache=cache, nonfinite=nonfinite)
 
     def body(state: DecodeState, i: jax.Array) -> tuple[DecodeState, None]:
         state = jax.lax.cond(start + i < stop, decode_step, lambda st, _: st, state, i)
@@ -315,14 +322,15 @@ def _token_program(
     *,
     frames_b: int,
     params: sampling.SamplingParams,
-) -> jax.Array:
-    """One window of generation: codes [B, K, frames_b] (frames >= num_frames hold `card`)."""
+) -> tuple[jax.Array, jax.Array]:
+    """One window of generation: codes [B, K, frames_b] (frames >= num_frames hold `card`), and
+    whether any step's guided logits were not finite (its codes are then meaningless)."""
     lm = nnx.merge(lm_def, lm_state)
     conditioner = nnx.merge(cond_def, cond_state)
     delays = tuple(lm.config.delays)
     state = _start(lm, conditioner, window, frames_b)
     state = _decode(lm, state, window, jnp.int32(0), _scan_length(frames_b, delays), params)
-    return patterns.revert_delayed(state.seq_BKS, delays, frames_b)
+    return patterns.revert_delayed(state.seq_BKS, delays, frames_b), state.nonfinite
 
 
 # --------------------------------------------------------------------------------------------------
@@ -350,10 +358,21 @@ def _decode_program(
 
 
 @contextlib.contextmanager
-def _progress_bar(total: int, desc: str) -> Iterator[Callable[[int], None]]:
-    bar = tqdm(total=total, desc=desc, unit="step", leave=False)
+def _progress_bar(total: int, desc: str) -> Iterator[tuple[tqdm, Callable[[int], None]]]:
+    """A tqdm bar and the function that reports the index of the last step done to it."""
+    # Until the first piece reports, the programs are being compiled (or fetched from a cache): the
+    # bar says so, and its clock restarts at the first report, so the rate and the time left count
+    # steps only.
+    bar = tqdm(total=total, desc=f"{desc} (compiling)", unit="step", leave=False)
+
+    def update(i: int) -> None:
+        if bar.n == 0:
+            bar.set_description_str(desc, refresh=False)
+            bar.reset(total=total)
+        bar.update(min(i + 1, total) - bar.n)
+
     try:
-        yield lambda i: bar.update(i + 1 - bar.n)
+        yield bar, update
     finally:
         bar.n = total
         bar.close()
@@ -367,9 +386,9 @@ def _run_in_pieces(
     report: Callable[[int], None],
     steps: int,
     delays: Sequence[int],
-) -> np.ndarray:
-    """`_token_program`'s codes, computed piece by piece, with `report(index of the last step done)`
-    after each piece."""
+) -> tuple[np.ndarray, jax.Array]:
+    """`_token_program`'s outputs, computed piece by piece, with `report(index of the last step
+    done)` after each piece."""
     (lm_def, lm_state), (cond_def, cond_state) = splits
     state = _start_program(lm_def, cond_def, lm_state, cond_state, window, frames_b=frames_b)
     queued: list[jax.Array] = []
@@ -382,7 +401,8 @@ def _run_in_pieces(
             report(min(int(queued.pop(0)), steps) - 1)
     for done in queued:
         report(min(int(done), steps) - 1)
-    return patterns.revert_delayed(np.asarray(state.seq_BKS), delays, frames_b)
+    codes = patterns.revert_delayed(np.asarray(state.seq_BKS), delays, frames_b)
+    return codes, state.nonfinite
 
 
 # --------------------------------------------------------------------------------------------------
@@ -481,16 +501,20 @@ def _run_window(
     progress: Progress,
     steps: int,
     delays: Sequence[int],
-) -> np.ndarray:
-    """Runs one window of `steps` LM steps: int32 [B, K, frames_b] numpy codes."""
+) -> tuple[np.ndarray, bool]:
+    """Runs one window of `steps` LM steps: int32 [B, K, frames_b] numpy codes, and whether some
+    step's logits were not finite."""
     if not progress:
-        codes = _call_program(_token_program, splits, window, frames_b, params)
-        return np.asarray(jax.device_get(codes))
-    run = functools.partial(_run_in_pieces, splits, window, frames_b, params)
-    if callable(progress):
-        return run(progress, steps, delays)
-    with _progress_bar(steps, "generating") as report:
-        return run(report, steps, delays)
+        codes, nonfinite = _call_program(_token_program, splits, window, frames_b, params)
+    else:
+        run = functools.partial(_run_in_pieces, splits, window, frames_b, params)
+        if callable(progress):
+            codes, nonfinite = run(progress, steps, delays)
+        else:
+            with _progress_bar(steps, "generating") as (_, report):
+                codes, nonfinite = run(report, steps, delays)
+    codes, nonfinite = jax.device_get((codes, nonfinite))
+    return np.asarray(codes), bool(nonfinite)
 
 
 def trace_program(
@@ -546,6 +570,10 @@ def generate_codes(
 
     Returns:
       int32 [B, K, T] numpy codes, prompt included (T = `settings.num_frames`).
+
+    Raises:
+      FloatingPointError: some step's guided logits were NaN or infinite (checked in the scan,
+        reported once the window is done).
     """
     if splits is None:
         splits = (nnx.split(lm), nnx.split(conditioner))
@@ -574,7 +602,13 @@ def generate_codes(
             prompt_BKT=prompt,
         )
         steps = num_frames + max(delays) - prompt_len - min(delays)
-        codes = _run_window(splits, window, frames_b, params, progress, steps, delays)
+        codes, nonfinite = _run_window(splits, window, frames_b, params, progress, steps, delays)
+        if nonfinite:
+            raise FloatingPointError(
+                f"the LM gave NaN or infinite logits (window {w}), so the codes are meaningless: "
+                "non-finite weights, an overflow in a low-precision dtype (try float32), or an "
+                f"extreme cfg_coef ({settings.sampling.cfg_coef:g})"
+            )
         return codes[:, :, :num_frames]
 
     if T <= limit:

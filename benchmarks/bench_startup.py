@@ -156,8 +156,11 @@ def jax_child(args) -> dict:
         run["decode_s"] = clock.lap()
         out_dir = os.path.join(args.out, f"run{i}")
         shutil.rmtree(out_dir, ignore_errors=True)
-        write_args = argparse.Namespace(out_dir=out_dir, format="wav", strategy="loudness")
-        (path,) = cli._write_all(wav, model.sample_rate, [f"prompt{i}"], write_args)
+        write_args = argparse.Namespace(
+            out_dir=out_dir, format="wav", strategy="loudness", overwrite=True
+        )
+        wav_path = os.path.join(out_dir, f"prompt{i}.wav")
+        (path,) = cli._write_all(wav, model.sample_rate, [wav_path], write_args)
         run["write_s"] = clock.lap()
         run.update(
             text_len=int(ids.shape[1]),

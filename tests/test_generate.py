@@ -229,9 +229,9 @@ def test_progress_reports_the_steps_done_and_changes_nothing(tiny, monkeypatch, 
 
     @contextlib.contextmanager
     def recording_bar(total, desc):
-        with real_bar(total, desc) as report:
+        with real_bar(total, desc) as (bar, report):
             bars.append(total)
-            yield lambda i: (seen.append(i), report(i))
+            yield bar, lambda i: (seen.append(i), report(i))
 
     monkeypatch.setattr(gen, "_progress_bar", recording_bar)
     seen.clear()
