@@ -54,6 +54,7 @@ from audiogen_jax import (
     lm_params,
     presets,
     sampling,
+    sharding,
     t5,
     t5_params,
 )
@@ -206,6 +207,7 @@ class AudioGen:
     def __init__(self, name: str, compression_model, lm, conditioner, tokenizer):
         self.name = name
         self.directory: str | None = None  # the converted directory, when loaded from one
+        self.placement: sharding.Placement | None = None  # the mesh, when loaded onto one
         self.compression_model = compression_model
         self.lm = lm
         self.conditioner = conditioner
@@ -237,6 +239,7 @@ class AudioGen:
         *,
         dtype: Any = None,
         cache_dir: str | None = None,
+        mesh: jax.sharding.Mesh | None = None,
     ) -> AudioGen:
         """Loads a converted directory, `"tiny-random"`, or a hub id (downloaded and converted
         once).
@@ -246,14 +249,23 @@ class AudioGen:
           dtype: LM weight dtype (e.g. `jnp.bfloat16`); None keeps the converted file's dtype.
           cache_dir: root of the conversion cache; default `$AUDIOGEN_JAX_CACHE` or
             `~/.cache/audiogen_jax`.
+          mesh: a device mesh (`sharding.make_mesh`): each device loads only its shards of the
+            weights (`sharding.py` says which), and `generate*` split the descriptions over its
+            data x fsdp devices. None: the default device.
         """
         directory = resolve(name_or_dir, cache_dir)
+        placement = None if mesh is None else sharding.Placement(mesh)
+        shardings = sharding.loader(placement)
         try:
-            codec = EncodecModel.from_pretrained(directory)
-            lm = LMModel.from_pretrained(directory, dtype=dtype)
-            conditioner = t5.T5Conditioner.from_pretrained(directory, with_tokenizer=False)
+            codec = EncodecModel.from_pretrained(directory, shardings=shardings)
+            lm = LMModel.from_pretrained(directory, dtype=dtype, shardings=shardings)
+            if placement is not None:
+                sharding.place_module(lm, placement)  # int8 kernels, quantized from the shards
+            conditioner = t5.T5Conditioner.from_pretrained(
+                directory, with_tokenizer=False, shardings=shardings
+            )
             tokenizer = t5.load_tokenizer(directory)
-        except checkpoint.CheckpointError:
+        except (checkpoint.CheckpointError, sharding.ShardingError):
             raise
         except (ValueError, OSError, KeyError) as e:  # e.g. a truncated file's unreadable header
             raise checkpoint.CheckpointError(
@@ -263,6 +275,7 @@ class AudioGen:
             ) from e
         model = cls(os.fspath(name_or_dir), codec, lm, conditioner, tokenizer)
         model.directory = directory
+        model.placement = placement
         return model
 
     # -- properties ------------------------------------------------------------------------------
@@ -476,5 +489,6 @@ class AudioGen:
             prompt_BKT=prompt_codes,
             progress=progress,
             splits=self._splits,
+            placement=self.placement,
         )
         return (wav, codes) if return_tokens else wav

@@ -68,6 +68,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -77,7 +78,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from audiogen_jax import checks, patterns, sampling, t5
+from audiogen_jax import checks, patterns, sampling, sharding, t5
 from audiogen_jax import lm as lmlib
 
 UNKNOWN = -1  # a code not generated yet (the reference's `unknown_token`)
@@ -240,7 +241,7 @@ class DecodeState:
 
 
 @functools.partial(
-    jax.jit, static_argnames=("lm_def", "cond_def", "frames_b", "params", "progress")
+    jax.jit, static_argnames=("lm_def", "cond_def", "frames_b", "params", "progress", "placement")
 )
 def _token_program(
     lm_def,
@@ -252,8 +253,13 @@ def _token_program(
     frames_b: int,
     params: sampling.SamplingParams,
     progress: bool,
+    placement: sharding.Placement | None = None,
 ) -> jax.Array:
-    """One window of generation: codes [B, K, frames_b] (frames >= num_frames hold `card`)."""
+    """One window of generation: codes [B, K, frames_b] (frames >= num_frames hold `card`).
+
+    With a `placement` the weights and text rows arrive sharded; the KV cache is pinned to rows over
+    data x fsdp and heads over tensor, and the codes come back whole on every device.
+    """
     lm = nnx.merge(lm_def, lm_state)
     conditioner = nnx.merge(cond_def, cond_state)
     cfg = lm.config
@@ -263,7 +269,7 @@ def _token_program(
 
     # Text -> [cond; null] condition, then the cross-attention keys/values, once.
     condition_2BLD = conditioner(window.ids_2BL, window.mask_2BL)
-    cache = lmlib.init_cache(lm, condition_2BLD, S_b)
+    cache = sharding.constrain_cache(lmlib.init_cache(lm, condition_2BLD, S_b), placement)
 
     # The code buffer: prompt frames, then unknown frames, then (bucket padding) frames outside the
     # pattern, which the delay layout turns into special cells like the reference's pattern of
@@ -303,7 +309,7 @@ def _token_program(
         seq_BKS = jax.lax.dynamic_update_index_in_dim(state.seq_BKS, new_BK, s, axis=2)
         if progress:
             jax.debug.callback(_report_progress, i)
-        return DecodeState(seq_BKS=seq_BKS, cache=cache)
+        return DecodeState(seq_BKS=seq_BKS, cache=sharding.constrain_cache(cache, placement))
 
     def body(state: DecodeState, i: jax.Array) -> tuple[DecodeState, None]:
         state = jax.lax.cond(start + i < stop, decode_step, lambda st, _: st, state, i)
@@ -313,7 +319,9 @@ def _token_program(
     state, _ = jax.lax.scan(
         body, DecodeState(seq_BKS=seq_BKS, cache=cache), jnp.arange(S_b - 1 - min(delays))
     )
-    return patterns.revert_delayed(state.seq_BKS, delays, frames_b)
+    return sharding.constrain(
+        patterns.revert_delayed(state.seq_BKS, delays, frames_b), (), placement
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -390,9 +398,12 @@ def _call_program(
     frames_b: int,
     params: sampling.SamplingParams,
     progress: bool,
+    placement: sharding.Placement | None = None,
 ) -> Any:
     """`method` (`_token_program` or its `.trace`) on one window's inputs."""
     (lm_def, lm_state), (cond_def, cond_state) = splits
+    if placement is not None:
+        window = _place_window(window, placement)
     return method(
         lm_def,
         cond_def,
@@ -402,6 +413,26 @@ def _call_program(
         frames_b=frames_b,
         params=params,
         progress=progress,
+        placement=placement,
+    )
+
+
+def _place_window(window: Window, placement: sharding.Placement) -> Window:
+    """The text rows split over data x fsdp, the rest replicated (same values on every process)."""
+    B2 = window.ids_2BL.shape[0]
+    if B2 % placement.batch_devices:
+        raise sharding.ShardingError(
+            f"{B2 // 2} descriptions make {B2} rows with the null condition, which do not divide "
+            f"over the mesh's {placement.batch_devices} batch devices (data x fsdp): give a "
+            f"multiple of {placement.batch_devices // math.gcd(2, placement.batch_devices)} "
+            "descriptions"
+        )
+    rows = {"ids_2BL", "mask_2BL"}
+    return Window(
+        **{
+            f.name: placement.put(getattr(window, f.name), ("batch",) if f.name in rows else ())
+            for f in dataclasses.fields(Window)
+        }
     )
 
 
@@ -412,10 +443,11 @@ def _run_window(
     params: sampling.SamplingParams,
     progress: Progress,
     steps: int,
+    placement: sharding.Placement | None = None,
 ) -> np.ndarray:
     """Runs the program on one window of `steps` LM steps: int32 [B, K, frames_b] numpy codes."""
     run = functools.partial(
-        _call_program, _token_program, splits, window, frames_b, params, bool(progress)
+        _call_program, _token_program, splits, window, frames_b, params, bool(progress), placement
     )
     if not progress:
         return np.asarray(jax.device_get(run()))
@@ -435,6 +467,7 @@ def trace_program(
     *,
     key: jax.Array,
     prompt_BKT: np.ndarray | None = None,
+    placement: sharding.Placement | None = None,
 ) -> jax.stages.Traced:
     """The compiled program of the first window, traced but not run.
 
@@ -448,7 +481,7 @@ def trace_program(
     )
     splits = (nnx.split(lm), nnx.split(conditioner))
     params = _static_params(settings, lm.config.card)
-    return _call_program(_token_program.trace, splits, window, frames_b, params, False)
+    return _call_program(_token_program.trace, splits, window, frames_b, params, False, placement)
 
 
 def generate_codes(
@@ -462,6 +495,7 @@ def generate_codes(
     prompt_BKT: np.ndarray | None = None,
     progress: Progress = False,
     splits: Splits | None = None,
+    placement: sharding.Placement | None = None,
 ) -> np.ndarray:
     """Generates `settings.duration` of codes, with the sliding window beyond `max_duration`.
 
@@ -475,6 +509,8 @@ def generate_codes(
         none.
       progress: True shows a tqdm bar per window; a callable is called with each step's index.
       splits: `(nnx.split(lm), nnx.split(conditioner))`, to skip re-splitting on every call.
+      placement: the mesh the weights are sharded over (`sharding.py`); the 2B text rows must
+        divide over its data x fsdp devices. None: one device.
 
     Returns:
       int32 [B, K, T] numpy codes, prompt included (T = `settings.num_frames`).
@@ -506,7 +542,8 @@ def generate_codes(
             prompt_BKT=prompt,
         )
         steps = num_frames + max(delays) - prompt_len - min(delays)
-        return _run_window(splits, window, frames_b, params, progress, steps)[:, :, :num_frames]
+        codes = _run_window(splits, window, frames_b, params, progress, steps, placement)
+        return codes[:, :, :num_frames]
 
     if T <= limit:
         return one(T, 0, prompt_BKT, T0)
@@ -534,6 +571,7 @@ def generate(
     prompt_BKT: np.ndarray | None = None,
     progress: Progress = False,
     splits: Splits | None = None,
+    placement: sharding.Placement | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Text (and optional prompt codes) -> codes [B, K, T] and audio [B, 1, T * hop].
 
@@ -559,6 +597,10 @@ def generate(
         prompt_BKT=prompt_BKT,
         progress=progress,
         splits=splits,
+        placement=placement,
     )
-    wav_B1W = np.asarray(jax.device_get(codec.decode(jnp.asarray(codes_BKT))), np.float32)
+    codes = jnp.asarray(codes_BKT)
+    if placement is not None:  # EnCodec runs data-parallel over the rows when they divide
+        codes = placement.put(codes_BKT, () if len(codes) % placement.batch_devices else ("batch",))
+    wav_B1W = sharding.to_host(codec.decode(codes)).astype(np.float32)
     return codes_BKT, wav_B1W

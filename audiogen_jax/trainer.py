@@ -211,7 +211,11 @@ def _restore(manager, state):
     if step is None:
         return state
     leaves, treedef = jax.tree.flatten(state)
-    target = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in _flat(state).items()}
+    # Each array is read straight into the sharding `state` has now, whatever mesh wrote it.
+    target = {
+        k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding)
+        for k, v in _flat(state).items()
+    }
     try:
         restored = manager.restore(step, args=ocp.args.StandardRestore(target))
     except (ValueError, KeyError) as e:
