@@ -285,8 +285,9 @@ def export(run_dir: str, model_dir: str, lm, output_proj, out_dir: str | None = 
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(model_dir, tmp)
     try:
-        lm = lora.merge_lora(lm)
-        checkpoint.save_module(lm, os.path.join(tmp, checkpoint.WEIGHT_FILES["lm"]))
+        # save_pretrained writes the file's kernel layout ([in, out] whatever the dtype) and says
+        # so in its header, as the loader requires.
+        lora.merge_lora(lm).save_pretrained(tmp)
         checkpoint.save_module(output_proj, os.path.join(tmp, t5.CONDITIONER_FILE))
         shutil.rmtree(out_dir, ignore_errors=True)
         os.replace(tmp, out_dir)
