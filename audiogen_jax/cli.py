@@ -4,14 +4,18 @@
         --out-dir out/ --seed 0
     audiogen-jax generate "rain" --model tiny-random --duration 1 --out-dir out/   # offline, noise
     audiogen-jax generate "footsteps" --continue prompt.wav --duration 6 --out-dir out/
+    audiogen-jax generate --prompts-file prompts.txt --mesh data=8 --out-dir out/  # one per line
     audiogen-jax convert --compression compression_state_dict.bin --lm state_dict.bin \
         --t5 t5-large --out DIR
 
 `generate` checks every argument before loading anything, writes each file to a temporary name and
 renames it only when all outputs are done (a failure leaves no partial files), and prints where each
-file went. Files are written as the reference's documented usage does: loudness-normalised to -14
-LUFS with the tanh compressor (`--strategy loudness`), 16-bit WAV, or 24-bit FLAC with
-`--format flac`.
+file went. With `--prompts-file` the clips are generated in batches of `--batch-size` under one
+progress bar, each batch's files renamed into place when the batch is done; a batch whose files
+all exist already is skipped, so an interrupted run continues where it stopped. `--mesh` spreads
+the weights and the batch over devices (`sharding.py`). Files are written as the reference's
+documented usage does: loudness-normalised to -14 LUFS with the tanh compressor (`--strategy
+loudness`), 16-bit WAV, or 24-bit FLAC with `--format flac`.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ from typing import Any
 
 import numpy as np
 import soundfile
+from tqdm.auto import tqdm
 
-from audiogen_jax import audio, presets, sampling
+from audiogen_jax import audio, presets, sampling, sharding
 from audiogen_jax.audiogen import DEFAULT_MODEL, AudioGen
 from audiogen_jax.encodec_params import convert_compression
 from audiogen_jax.io.errors import FormatError
@@ -79,6 +84,26 @@ def _generate_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("descriptions", nargs="*", help="one text description per output file")
     p.add_argument(
+        "--prompts-file",
+        default=None,
+        metavar="FILE",
+        help="a text file of descriptions, one clip per line (blank lines skipped)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="clips per batch with --prompts-file (default 8, or a multiple of the mesh's "
+        "data x fsdp devices)",
+    )
+    p.add_argument(
+        "--mesh",
+        default=None,
+        metavar="AXIS=N,...",
+        help="device mesh, e.g. data=2,tensor=4 (axes data, fsdp, tensor; -1: the rest); "
+        "default: one device",
+    )
+    p.add_argument(
         "--model",
         default=DEFAULT_MODEL,
         help=f"hub id (default {DEFAULT_MODEL}), a converted directory, or 'tiny-random'",
@@ -127,6 +152,16 @@ def _generate_parser() -> argparse.ArgumentParser:
 
 def _check_args(args: argparse.Namespace) -> None:
     """Everything that can be checked before loading the model; raises ValueError."""
+    if args.prompts_file is not None:
+        if args.descriptions or args.prompt is not None:
+            raise ValueError("--prompts-file takes no other descriptions and no --continue")
+        args.descriptions = _read_prompts(args.prompts_file)
+        if args.batch_size is not None and args.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    elif args.batch_size is not None:
+        raise ValueError("--batch-size applies to --prompts-file")
+    if args.mesh is not None:
+        args.mesh_sizes = sharding.parse_mesh(args.mesh)
     if not args.descriptions and args.prompt is None:
         raise ValueError("give at least one description (or --continue PROMPT.wav)")
     for i, d in enumerate(args.descriptions):
@@ -171,6 +206,18 @@ def _sampling_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {name: value for name, value in given.items() if value is not None}
 
 
+def _read_prompts(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line.strip() for line in f]
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"--prompts-file {path}: cannot be read ({e})") from e
+    prompts = [line for line in lines if line]
+    if not prompts:
+        raise ValueError(f"--prompts-file {path}: no descriptions (every line is blank)")
+    return prompts
+
+
 def _read_prompt(path: str):
     try:
         wav_WC, rate = soundfile.read(path, dtype="float32", always_2d=True)
@@ -194,13 +241,18 @@ def generate_main(argv: list[str] | None = None) -> int:
     try:
         if args.model == presets.TINY_RANDOM:
             print(presets.NOISE_WARNING, file=sys.stderr)
-        model = AudioGen.from_pretrained(args.model, dtype=args.dtype, cache_dir=args.cache_dir)
+        mesh = None if args.mesh is None else sharding.make_mesh(**args.mesh_sizes)
+        model = AudioGen.from_pretrained(
+            args.model, dtype=args.dtype, cache_dir=args.cache_dir, mesh=mesh
+        )
         model.set_generation_params(
             duration=args.duration, extend_stride=args.extend_stride, **_sampling_settings(args)
         )
         progress = not args.no_progress
         descriptions = list(args.descriptions)
-        if args.prompt is not None:
+        if args.prompts_file is not None:
+            written = _generate_file(model, descriptions, args)
+        elif args.prompt is not None:
             prompt, rate = _read_prompt(args.prompt)
             conds = descriptions or [None]
             wav = model.generate_continuation(
@@ -210,7 +262,8 @@ def generate_main(argv: list[str] | None = None) -> int:
         else:
             wav = model.generate(descriptions, progress=progress, seed=args.seed)
             names = [_slug(d) for d in descriptions]
-        written = _write_all(wav, model.sample_rate, names, args)
+        if args.prompts_file is None:
+            written = _write_all(wav, model.sample_rate, names, args)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -219,14 +272,59 @@ def generate_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _write_all(wav_B1W, sample_rate: int, names: list[str], args: argparse.Namespace) -> list[str]:
-    """Writes every output into a temporary directory in out_dir, then renames them into place."""
+def _generate_file(model: AudioGen, prompts: list[str], args: argparse.Namespace) -> list[str]:
+    """--prompts-file: batches of --batch-size clips (the last one padded by repeating its last
+    prompt, so every batch runs the same compiled program), batch k seeded with seed + k."""
+    devices = 1 if model.placement is None else model.placement.batch_devices
+    size = args.batch_size or devices * max(1, 8 // devices)
+    # 2 * size rows ([cond; null]) must divide over the devices: size a multiple of devices / 2.
+    step = devices // math.gcd(2, devices)
+    if size % step:
+        raise ValueError(
+            f"--batch-size {size} does not divide over the mesh's {devices} batch devices "
+            f"(data x fsdp); use a multiple of {step}"
+        )
+    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
+    width = max(2, len(str(len(prompts) - 1)))
+    ext = "." + args.format
+    written, skipped = [], 0
+    bar = tqdm(total=len(prompts), desc="generating", unit="clip", disable=args.no_progress)
+    for k, first in enumerate(range(0, len(prompts), size)):
+        batch = prompts[first : first + size]
+        names = [_slug(d) for d in batch]
+        stems = [f"{first + i:0{width}d}_{n}" for i, n in enumerate(names)]
+        paths = [os.path.join(args.out_dir, stem + ext) for stem in stems]
+        if all(os.path.isfile(p) for p in paths):
+            skipped += len(batch)
+        else:
+            padded = batch + [batch[-1]] * (size - len(batch))
+            wav = model.generate(padded, seed=seed + k)[: len(batch)]
+            paths = _write_all(wav, model.sample_rate, names, args, first=first, width=width)
+        written += paths
+        bar.update(len(batch))
+    bar.close()
+    if skipped:
+        print(f"{skipped} clips already in {args.out_dir} were kept", file=sys.stderr)
+    return written
+
+
+def _write_all(
+    wav_B1W,
+    sample_rate: int,
+    names: list[str],
+    args: argparse.Namespace,
+    first: int = 0,
+    width: int = 2,
+) -> list[str]:
+    """Writes every output into a temporary directory in out_dir, then renames them into place.
+
+    File i is named f"{first + i:0{width}d}_{names[i]}.{format}"."""
     os.makedirs(args.out_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".audiogen-", dir=args.out_dir)
     try:
         staged = []
         for i, (w, name) in enumerate(zip(wav_B1W, names, strict=True)):
-            stem = f"{i:02d}_{name}"
+            stem = f"{first + i:0{width}d}_{name}"
             path = audio.audio_write(
                 os.path.join(tmp, stem),
                 w,

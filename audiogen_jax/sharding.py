@@ -201,6 +201,11 @@ def _describe(sizes: Mapping[str, int]) -> str:
     return " x ".join(f"{a}={sizes[a]}" for a in MESH_AXES if a in sizes)
 
 
+def describe(mesh: Mesh) -> str:
+    """ "data=2 x fsdp=1 x tensor=4"."""
+    return _describe(dict(mesh.shape))
+
+
 # --------------------------------------------------------------------------------------------------
 # Logical axes of a module's parameters.
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import sharding_worker as worker
+import soundfile
 from flax import nnx
 
 from audiogen_jax import lm as lm_lib
@@ -294,3 +296,66 @@ def test_two_processes_equal_one(single, model_dir, tmp_path):
     arrays, params, facts = _load(out, "2x2x2")
     assert math.prod(facts["mesh"].values()) == 8
     _compare(single, arrays, params, "2 processes x 4 devices, mesh 2x2x2")
+
+
+# --------------------------------------------------------------------------------------------------
+# The command line: --mesh on generate and train, --prompts-file.
+
+
+def _cli(args: list[str], devices: int) -> subprocess.CompletedProcess:
+    env = _env()
+    env["XLA_FLAGS"] = f"{env['XLA_FLAGS']} --xla_force_host_platform_device_count={devices}"
+    return subprocess.run(
+        [sys.executable, "-m", "audiogen_jax.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def test_cli_mesh_equals_one_device(model_dir, tmp_path):
+    """`generate --prompts-file --mesh data=2,tensor=4` writes the files one device writes, to
+    the last bit of 16-bit audio (one progress bar over the clips; a rerun keeps them), and
+    `train --mesh fsdp=4,tensor=2` follows the one-device loss curve and exports a model."""
+    from test_data import make_folder
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("dog barking\n\nrain on a roof\nsirens\n")
+    sounds = make_folder(tmp_path / "sounds", n=4)
+    gen = ["generate", "--prompts-file", str(prompts), "--model", model_dir, "--greedy"]
+    gen += ["--duration", "0.3", "--seed", "0", "--batch-size", "2"]
+    fit = ["train", str(sounds), "--model", model_dir, "--steps", "2", "--batch-size", "4"]
+    fit += ["--segment-seconds", "0.2", "--warmup", "2", "--no-progress"]
+    results = {}
+    for name, devices, mesh in (("one", 1, []), ("mesh", 8, ["--mesh", "data=2,tensor=4"])):
+        out = tmp_path / name
+        proc = _cli([*gen, *mesh, "--out-dir", str(out / "wav")], devices)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        files = proc.stdout.split()
+        assert [os.path.basename(f) for f in files] == [
+            "00_dog_barking.wav",
+            "01_rain_on_a_roof.wav",
+            "02_sirens.wav",
+        ]
+        # One progress bar over the 3 clips (it starts once; every update is out of 3).
+        assert proc.stderr.count(" 0/3 [") == 1 and "clip/s" in proc.stderr, proc.stderr
+        assert {total for _, total in re.findall(r"(\d+)/(\d+) \[", proc.stderr)} == {"3"}
+        waves = [soundfile.read(f, dtype="int16")[0] for f in files]
+        train_mesh = ["--mesh", "fsdp=4,tensor=2"] if mesh else []
+        proc = _cli([*fit, *train_mesh, "--out", str(out / "run")], devices)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert ("mesh data=1 x fsdp=4 x tensor=2" in proc.stderr) == bool(mesh), proc.stderr
+        assert os.path.isfile(out / "run" / "export" / "lm.safetensors")
+        with open(out / "run" / "metrics.jsonl") as f:
+            ces = [json.loads(line)["ce"] for line in f]
+        results[name] = waves, ces
+    again = _cli([*gen, "--out-dir", str(tmp_path / "one" / "wav")], 1)
+    assert again.returncode == 0 and "3 clips already" in again.stderr, again.stderr[-2000:]
+    (one_wav, one_ce), (mesh_wav, mesh_ce) = results["one"], results["mesh"]
+    # Same tokens; the float audio differs by ~1e-7, which the loudness gain and 16-bit rounding
+    # turn into at most one step of 1/32768 on a few samples.
+    lsb = max(int(np.abs(a.astype(int) - b).max()) for a, b in zip(one_wav, mesh_wav, strict=True))
+    loss = _rel(mesh_ce, one_ce)
+    print(f"CLI: 16-bit files differ by at most {lsb} LSB; train loss curve rel {loss:.1e}")
+    assert lsb <= 1 and len(one_ce) == 2 and loss <= TOL_LOSS
