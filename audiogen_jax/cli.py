@@ -104,6 +104,15 @@ def _generate_parser() -> argparse.ArgumentParser:
         "default: one device",
     )
     p.add_argument(
+        "--distributed",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="HOST:PORT,N,I",
+        help="run as one of N processes (every host runs the same command; process 0 writes the "
+        "files); alone, JAX finds the cluster (Cloud TPU slice, SLURM)",
+    )
+    p.add_argument(
         "--model",
         default=DEFAULT_MODEL,
         help=f"hub id (default {DEFAULT_MODEL}), a converted directory, or 'tiny-random'",
@@ -162,6 +171,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError("--batch-size applies to --prompts-file")
     if args.mesh is not None:
         args.mesh_sizes = sharding.parse_mesh(args.mesh)
+    if args.distributed is not None and args.seed is None:
+        raise ValueError("--distributed needs --seed: every process must draw the same numbers")
     if not args.descriptions and args.prompt is None:
         raise ValueError("give at least one description (or --continue PROMPT.wav)")
     for i, d in enumerate(args.descriptions):
@@ -239,6 +250,8 @@ def generate_main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
+        if args.distributed is not None:
+            sharding.initialize_distributed(args.distributed)
         if args.model == presets.TINY_RANDOM:
             print(presets.NOISE_WARNING, file=sys.stderr)
         mesh = None if args.mesh is None else sharding.make_mesh(**args.mesh_sizes)
@@ -263,13 +276,26 @@ def generate_main(argv: list[str] | None = None) -> int:
             wav = model.generate(descriptions, progress=progress, seed=args.seed)
             names = [_slug(d) for d in descriptions]
         if args.prompts_file is None:
-            written = _write_all(wav, model.sample_rate, names, args)
+            written = _write_all(wav, model.sample_rate, names, args) if _writes() else []
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     for path in written:
         print(path)
     return 0
+
+
+def _processes() -> int:
+    import jax
+
+    return jax.process_count()
+
+
+def _writes() -> bool:
+    """Whether this process writes the outputs (process 0 of a --distributed run)."""
+    import jax
+
+    return jax.process_index() == 0
 
 
 def _generate_file(model: AudioGen, prompts: list[str], args: argparse.Namespace) -> list[str]:
@@ -288,17 +314,26 @@ def _generate_file(model: AudioGen, prompts: list[str], args: argparse.Namespace
     width = max(2, len(str(len(prompts) - 1)))
     ext = "." + args.format
     written, skipped = [], 0
-    bar = tqdm(total=len(prompts), desc="generating", unit="clip", disable=args.no_progress)
+    bar = tqdm(
+        total=len(prompts),
+        desc="generating",
+        unit="clip",
+        disable=args.no_progress or not _writes(),
+    )
     for k, first in enumerate(range(0, len(prompts), size)):
         batch = prompts[first : first + size]
         names = [_slug(d) for d in batch]
         stems = [f"{first + i:0{width}d}_{n}" for i, n in enumerate(names)]
         paths = [os.path.join(args.out_dir, stem + ext) for stem in stems]
-        if all(os.path.isfile(p) for p in paths):
+        # Several processes run every batch in step (they share each program), so only a lone
+        # process skips what it finds written.
+        if _processes() == 1 and all(os.path.isfile(p) for p in paths):
             skipped += len(batch)
         else:
             padded = batch + [batch[-1]] * (size - len(batch))
             wav = model.generate(padded, seed=seed + k)[: len(batch)]
+            if not _writes():
+                continue
             paths = _write_all(wav, model.sample_rate, names, args, first=first, width=width)
         written += paths
         bar.update(len(batch))

@@ -197,6 +197,30 @@ def make_mesh(
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
+def initialize_distributed(spec: str = "auto") -> None:
+    """Joins a multi-process run (`jax.distributed.initialize`): call before anything uses JAX.
+
+    Args:
+      spec: "auto" lets JAX find the cluster (Cloud TPU slices, SLURM, Open MPI, Kubernetes);
+        "HOST:PORT,N,I" names the coordinator (process 0's address), the number of processes N
+        and this process's index I.
+    """
+    if spec == "auto":
+        jax.distributed.initialize()
+        return
+    try:
+        address, n, i = spec.split(",")
+        n, i = int(n), int(i)
+    except ValueError:
+        raise ShardingError(
+            f"--distributed {spec!r}: expected HOST:PORT,NUM_PROCESSES,PROCESS_ID (or nothing, "
+            "on a cluster JAX detects)"
+        ) from None
+    if not 0 <= i < n:
+        raise ShardingError(f"--distributed {spec!r}: process id {i} is not in [0, {n})")
+    jax.distributed.initialize(coordinator_address=address, num_processes=n, process_id=i)
+
+
 def _describe(sizes: Mapping[str, int]) -> str:
     return " x ".join(f"{a}={sizes[a]}" for a in MESH_AXES if a in sizes)
 

@@ -312,6 +312,7 @@ def main(argv=None) -> int:
             coordinator_address=args.coordinator,
             num_processes=args.num_processes,
             process_id=args.process_id,
+            coordinator_bind_address=args.coordinator,  # localhost only, not every interface
         )
     os.makedirs(args.out_dir, exist_ok=True)
     for text in args.meshes.split(","):
