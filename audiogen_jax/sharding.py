@@ -383,6 +383,24 @@ class Placement:
         return jax.device_put(x, self.check(f"an array of shape {np.shape(x)}", np.shape(x), axes))
 
 
+def planned_bytes(
+    module: nnx.Module, placement: Placement, keep: Callable[[str], bool] = lambda key: True
+) -> int:
+    """Bytes of `module`'s parameters (those whose dotted path `keep` accepts) that one device holds
+    under `placement`, from shapes alone: an abstract module (`nnx.eval_shape`) and an abstract
+    mesh (`jax.sharding.AbstractMesh`) of any size will do. docs/tpu.md is computed with it."""
+    axes = logical_axes(module)
+    total = 0
+    for path, var in nnx.to_flat_state(nnx.state(module, nnx.Param)):
+        if not keep(_dotted(path)):
+            continue
+        value = var.get_value()
+        pieces = placement.split(axes[tuple(path)])
+        shard = math.prod(-(-n // p) for n, p in zip(value.shape, pieces, strict=True))
+        total += shard * np.dtype(value.dtype).itemsize
+    return total
+
+
 def place_module(module: nnx.Module, placement: Placement) -> nnx.Module:
     """Moves every parameter of `module` (in place) to its sharding; those already there stay."""
     shardings = placement.module_shardings(module)

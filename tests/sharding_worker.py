@@ -159,13 +159,14 @@ def _program_facts(model, placement) -> dict:
 def run_mesh(model_dir: str, out_dir: str, shape: tuple[int, int, int], writer: bool) -> None:
     from flax import nnx
 
-    from audiogen_jax import sharding
+    from audiogen_jax import sharding, t5
 
     name = "x".join(map(str, shape))
     mesh = sharding.make_mesh(*shape)
     placement = sharding.Placement(mesh)
     codes, wav, model = generation(model_dir, mesh)
     layer = model.lm.transformer.layers[0]
+    t5_cfg = model.conditioner.config
     facts = {
         "mesh": dict(mesh.shape),
         "lm_q_kernel": _shard_facts(layer.self_attn.q_proj.kernel[...]),
@@ -183,10 +184,15 @@ def run_mesh(model_dir: str, out_dir: str, shape: tuple[int, int, int], writer: 
                 )
             ).values()
         ),
+        "weights_bytes_planned": sum(
+            sharding.planned_bytes(m, placement)
+            for m in (model.lm, model.conditioner, model.compression_model)
+        ),
         "program": _program_facts(model, placement),
     }
     del model
     losses, state, lm, proj, _ = training(model_dir, placement)
+    conditioner = nnx.eval_shape(lambda: t5.T5Conditioner(t5_cfg, lm.config.dim, rngs=nnx.Rngs(0)))
     kernel = ("lm", "transformer", "layers", 0, "linear1", "kernel")
 
     def pick(tree):
@@ -200,6 +206,12 @@ def run_mesh(model_dir: str, out_dir: str, shape: tuple[int, int, int], writer: 
         "adam_nu": _shard_facts(pick(state.opt_state[1][0].nu)),
         "ema": _shard_facts(pick(state.ema_state.ema)),
         "state_bytes_per_device": max(sharding.bytes_per_device(state).values()),
+        # parameters, both Adam moments and the EMA: four float32 copies of what trains
+        "state_bytes_planned": 4
+        * (
+            sharding.planned_bytes(lm, placement)
+            + sharding.planned_bytes(conditioner, placement, lambda k: k.startswith("output_proj."))
+        ),
     }
     params = flat_params(state)
     if writer:

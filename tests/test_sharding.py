@@ -217,6 +217,11 @@ def test_sharded_runs_equal_one_device(single, eight, mesh_name):
     # Training state: parameters, both Adam moments and the EMA cut like the parameter.
     for name in ("param", "adam_mu", "adam_nu", "ema"):
         _assert_sharded(facts["train"][name], mesh, ("fsdp", "tensor"))
+    # What one device holds is what sharding.planned_bytes (docs/tpu.md's tables) computes:
+    # weights exactly; the train state is four float32 copies plus its replicated counters.
+    assert facts["weights_bytes_per_device"] == facts["weights_bytes_planned"]
+    extra = facts["train"]["state_bytes_per_device"] - facts["train"]["state_bytes_planned"]
+    assert 0 <= extra <= 64, facts["train"]
     print(
         f"mesh {mesh_name}: per device: weights {facts['weights_bytes_per_device']:,} B, train "
         f"state {facts['train']['state_bytes_per_device']:,} B; generation program arguments "
