@@ -364,3 +364,52 @@ def test_cli_mesh_equals_one_device(model_dir, tmp_path):
     loss = _rel(mesh_ce, one_ce)
     print(f"CLI: 16-bit files differ by at most {lsb} LSB; train loss curve rel {loss:.1e}")
     assert lsb <= 1 and len(one_ce) == 2 and loss <= TOL_LOSS
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["x", "--mesh", "data=two"], "data=two is not an int"),
+        (["x", "--mesh", "data=2"], "needs 2 devices, but 1 cpu devices exist"),
+        (["x", "--prompts-file", "PROMPTS"], "takes no other descriptions"),
+        (["--prompts-file", "BLANK"], "every line is blank"),
+        (["--prompts-file", "MISSING"], "cannot be read"),
+        (["x", "--batch-size", "2"], "--batch-size applies to --prompts-file"),
+        (["x", "--distributed"], "--distributed needs --seed"),
+    ],
+)
+def test_cli_bad_mesh_and_prompts(tmp_path, capsys, args, match):
+    """One line on stderr, a failing status, no files, before any model is loaded."""
+    from audiogen_jax import cli
+
+    (tmp_path / "PROMPTS").write_text("rain\n")
+    (tmp_path / "BLANK").write_text("\n  \n")
+    args = [str(tmp_path / a) if a in ("PROMPTS", "BLANK", "MISSING") else a for a in args]
+    out = tmp_path / "out"
+    rc = cli.main(["generate", *args, "--model", "no-such-model", "--out-dir", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and match in err[0], err
+    assert not out.exists()
+
+
+def test_train_cli_bad_mesh(tmp_path, capsys):
+    from audiogen_jax import cli
+
+    for mesh, match in [("tensor=x", "tensor=x is not an int"), ("data=4", "needs 4 devices")]:
+        argv = ["train", str(tmp_path), "--model", "x", "--out", str(tmp_path / "r")]
+        rc = cli.main([*argv, "--mesh", mesh])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and match in err[0], err
+
+
+def test_mesh_memory_script(capsys):
+    """docs/tpu.md's tables: the full fine-tuning row on one device is 20 bytes (five float32
+    copies) for each of the 1,839,131,136 parameters of the LM and output_proj (docs/hardware.md's
+    count), and the LM holds 1,837,556,736."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts"))
+    import mesh_memory
+
+    assert mesh_memory.main() == 0
+    out = capsys.readouterr().out
+    assert "LM parameters: 1,837,556,736" in out
+    assert f"| 1 x 1 x 1 | 1 | {20 * 1_839_131_136 / 2**30:.2f} |" in out
