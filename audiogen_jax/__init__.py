@@ -5,6 +5,9 @@
     model.set_generation_params(duration=5.0)
     wav = model.generate(["dog barking"], seed=0)  # [B, 1, W] float32 at model.sample_rate
 
+The MusicGen checkpoints load the same way (`facebook/musicgen-small`, ..., `-stereo-*`: [B, 2, W]);
+`MusicGen` is `AudioGen` with MusicGen's default model.
+
 Dimension key, used in names and docstrings across the package:
   B batch (classifier-free guidance doubles it: 2B), K codebooks, T codec frames, S LM steps in the
   delayed layout, L text tokens, D model width, F feed-forward width, N heads, H head width, V
@@ -23,6 +26,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "AudioGen": "audiogen_jax.audiogen",
+    "MusicGen": "audiogen_jax.audiogen",
     "EncodecModel": "audiogen_jax.encodec",
     "LMModel": "audiogen_jax.lm",
     "KVCache": "audiogen_jax.lm",

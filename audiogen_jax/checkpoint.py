@@ -11,11 +11,21 @@
       t5.safetensors            T5 encoder weights
       tokenizer/spiece.model    the T5 sentencepiece model (and any tokenizer files that came with
                                 it)
+      manifest.json             size and sha256 of every file above, written last
+      .verified.json            which file states (size, mtime, inode) were last hashed and found
+                                to match the manifest (a cache; deleting it costs one re-hash)
 
 Keys are the dotted paths of `nnx.to_flat_state(nnx.state(module))`, so loading is: build the
 module's *shapes* from its config (`nnx.eval_shape`, no random init, no memory), then fill each
 parameter from the file. Missing, unexpected or mis-shaped keys raise one error that lists all of
 them.
+
+Writers build the whole directory beside its destination and swap it in (`writing`, `atomic.py`),
+so a reader never sees a mix of two conversions. `check_directory` refuses a directory whose files
+do not match its manifest: sizes at every load (a `stat` per file), sha256 when the files changed
+since they were last hashed on this machine (a copied directory: one pass over every byte) or when
+asked (`hashes=True`). Every loaded floating-point tensor is checked to be finite (one float32
+`sum` per tensor). The costs are measured in docs/security.md.
 
 Versions: 2 stores every LM kernel [in, out] whatever the dtype (version 1 stored 16-bit kernels
 [out, in]); the LM file says so in its header (`lm.py`), and the hub cache re-converts entries of
@@ -24,11 +34,13 @@ an older version.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
+import hashlib
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import jax
@@ -36,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from audiogen_jax import atomic
 from audiogen_jax.io import safetensors
 from audiogen_jax.io.errors import FormatError, short_list
 
@@ -48,7 +61,11 @@ WEIGHT_FILES = {
     "t5": "t5.safetensors",
 }
 TOKENIZER_DIR = "tokenizer"
+MANIFEST_FILE = "manifest.json"
+VERIFIED_FILE = ".verified.json"
+MANIFEST_FORMAT = "audiogen-jax-manifest"
 CONVERT_HELP = "python convert_weights.py --compression ... --lm ... --t5 ... --out DIR"
+_CHUNK = 16 << 20  # bytes read at a time when hashing
 
 M = TypeVar("M", bound=nnx.Module)
 # Where each parameter of a module goes: {key: jax Sharding}, or a function of the abstract module.
@@ -122,6 +139,191 @@ def update_config(directory: str | os.PathLike, section: str, values: Mapping[st
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(cfg, f, indent=2, sort_keys=True)
     os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Whole directories: written beside their destination, sealed by a manifest, checked when loaded.
+
+
+def _loaded_files(directory: str) -> list[str]:
+    """The files loading reads, relative with '/' separators: config.json, the top-level
+    safetensors files and the tokenizer directory."""
+    names = [CONFIG_FILE] if os.path.isfile(os.path.join(directory, CONFIG_FILE)) else []
+    names += sorted(
+        n
+        for n in os.listdir(directory)
+        if n.endswith(".safetensors") and os.path.isfile(os.path.join(directory, n))
+    )
+    tok = os.path.join(directory, TOKENIZER_DIR)
+    for root, _, files in os.walk(tok):
+        for n in sorted(files):
+            rel = os.path.relpath(os.path.join(root, n), directory)
+            names.append(rel.replace(os.sep, "/"))
+    return names
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _stat_key(path: str) -> list[int]:
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: str, value: Any) -> None:
+    tmp = f"{path}.partial-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _hashed_unchanged(directory: str, manifest: Any) -> dict[str, str]:
+    """{file: sha256} of the manifest's files that were hashed in this state before (the stamp)."""
+    stamp = _read_json(os.path.join(directory, VERIFIED_FILE))
+    if not isinstance(manifest, dict) or not isinstance(stamp, dict):
+        return {}
+    listed = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
+    seen = stamp.get("files") if isinstance(stamp.get("files"), dict) else {}
+    unchanged = {}
+    for rel, entry in listed.items():
+        path = os.path.join(directory, rel)
+        if isinstance(entry, dict) and os.path.isfile(path) and seen.get(rel) == _stat_key(path):
+            unchanged[rel] = entry.get("sha256")
+    return unchanged
+
+
+def _write_stamp(directory: str, files: list[str]) -> None:
+    """Records that `files` were hashed in their current state (best effort: a read-only
+    directory is simply hashed again at its next load)."""
+    stamp = {"files": {rel: _stat_key(os.path.join(directory, rel)) for rel in files}}
+    with contextlib.suppress(OSError):
+        _write_json(os.path.join(directory, VERIFIED_FILE), stamp)
+
+
+def write_manifest(directory: str | os.PathLike) -> dict[str, Any]:
+    """Writes DIR/manifest.json (size and sha256 of every file loading reads); call it last.
+
+    Files unchanged since they were last hashed (same size, mtime and inode: the hard-linked files
+    of an updated directory) keep their recorded hash instead of being read again.
+    """
+    directory = os.fspath(directory)
+    path = os.path.join(directory, MANIFEST_FILE)
+    known = _hashed_unchanged(directory, _read_json(path))
+    files = {}
+    for rel in _loaded_files(directory):
+        full = os.path.join(directory, rel)
+        sha = known.get(rel) or _sha256(full)
+        files[rel] = {"size": os.path.getsize(full), "sha256": sha}
+    manifest = {"format": MANIFEST_FORMAT, "version": 1, "files": files}
+    _write_json(path, manifest)
+    _write_stamp(directory, list(files))
+    return manifest
+
+
+@contextlib.contextmanager
+def writing(
+    directory: str | os.PathLike,
+    *,
+    keep_existing: bool = False,
+    wait: bool = False,
+    lock: bool = True,
+) -> Iterator[str]:
+    """Yields a temporary directory to write a converted model into; when the block ends, its
+    manifest is written and it replaces `directory` in one step (see `atomic.replacing_directory`).
+
+    Args:
+      directory: the destination.
+      keep_existing: start from `directory`'s current files (to add or replace components).
+      wait: wait for another writer of `directory` instead of raising `atomic.BusyError`.
+      lock: take the directory's lock; False when the caller holds it (`atomic.locked`).
+    """
+    directory = os.fspath(directory)
+    if keep_existing and os.path.isdir(directory) and os.listdir(directory):
+        if not os.path.isfile(os.path.join(directory, CONFIG_FILE)):
+            raise CheckpointError(
+                f"{directory} exists, is not empty and is not a converted audiogen-jax directory "
+                f"(no {CONFIG_FILE}); give a new or empty directory"
+            )
+    with atomic.replacing_directory(
+        directory, keep_existing=keep_existing, wait=wait, lock=lock
+    ) as tmp:
+        yield tmp
+        write_manifest(tmp)
+
+
+def _torn(directory: str, what: str) -> CheckpointError:
+    return CheckpointError(
+        f"{directory}: {what}. The directory is incomplete or was modified after conversion "
+        f"(a torn or partial copy); convert it again (`{CONVERT_HELP}`) or copy it whole"
+    )
+
+
+def check_directory(directory: str | os.PathLike, hashes: bool | None = None) -> None:
+    """Refuses a converted directory that does not match its manifest.
+
+    Args:
+      directory: a converted directory.
+      hashes: True: check every file's sha256; False: sizes only; None (default): sizes, and
+        sha256 of the files that changed since they were last hashed here (a copied directory is
+        hashed once, at its first load).
+
+    Raises:
+      CheckpointError: no manifest, a listed file missing or of another size or hash, or a file
+        that loading reads but the manifest does not list; saying how to re-convert.
+    """
+    directory = os.fspath(directory)
+    manifest = _read_json(os.path.join(directory, MANIFEST_FILE))
+    if manifest is None:
+        raise _torn(
+            directory,
+            f"no readable {MANIFEST_FILE} (it is written last, so the conversion did not finish, "
+            "or an older audiogen-jax wrote the directory)",
+        )
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise _torn(directory, f"{MANIFEST_FILE} is not an audiogen-jax manifest")
+    unlisted = sorted(set(_loaded_files(directory)) - set(files))
+    if unlisted:
+        raise _torn(directory, f"files not in {MANIFEST_FILE}: {short_list(unlisted)}")
+    for rel, entry in sorted(files.items()):
+        path = os.path.join(directory, rel)
+        if not os.path.isfile(path):
+            raise _torn(directory, f"{rel} is missing")
+        size = os.path.getsize(path)
+        if not isinstance(entry, dict) or entry.get("size") != size:
+            want = entry.get("size") if isinstance(entry, dict) else entry
+            raise _torn(directory, f"{rel} has {size} bytes, the manifest says {want}")
+    if hashes is False:
+        return
+    known = {} if hashes else _hashed_unchanged(directory, manifest)
+    for rel, entry in sorted(files.items()):
+        if rel not in known and _sha256(os.path.join(directory, rel)) != entry.get("sha256"):
+            raise _torn(directory, f"{rel} does not match its sha256 in {MANIFEST_FILE}")
+    if len(known) < len(files):
+        _write_stamp(directory, list(files))
+
+
+def is_complete(directory: str | os.PathLike) -> bool:
+    """Whether DIR is a converted directory of this format version whose files match their
+    manifest's sizes (the conversion caches use this to decide whether to convert again)."""
+    try:
+        check_directory(directory, hashes=False)
+    except CheckpointError:
+        return False
+    return is_current(directory)
 
 
 def path_key(path: tuple[Any, ...]) -> str:
@@ -206,6 +408,7 @@ def load_module(
             arr = f.read(key)
         except FormatError as e:
             raise CheckpointError(f"{e}; the file looks incomplete: convert it again") from e
+        _check_finite(arr, key, weights_path)
         if shardings is not None:
             var.set_value(_put_shards(arr, shardings[key], transposed(key), dtype))
             continue
@@ -227,6 +430,22 @@ def _put_shards(arr: np.ndarray, sharding, transpose: bool, dtype) -> jax.Array:
         dtype = host.dtype
     return jax.make_array_from_callback(
         host.shape, sharding, lambda index: np.ascontiguousarray(host[index], dtype=dtype)
+    )
+
+
+def _check_finite(arr: np.ndarray, key: str, weights_path: str | os.PathLike) -> None:
+    """Refuses NaN or infinite weights (they turn every generated code into one value)."""
+    if arr.dtype.kind != "f" and arr.dtype != safetensors.DTYPES["BF16"]:
+        return
+    # A float32 sum runs at several GB/s and is non-finite whenever an element is; the exact
+    # per-element test runs only then (a sum can also overflow on huge but finite weights).
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(arr.sum(dtype=np.float32)) or np.isfinite(arr.astype(np.float32)).all():
+            return
+    bad = int(arr.size - np.isfinite(arr.astype(np.float32)).sum())
+    raise CheckpointError(
+        f"{weights_path}: {key} holds {bad} NaN or infinite values; the weights are damaged (or "
+        f"were trained into NaN): convert again from a good checkpoint (`{CONVERT_HELP}`)"
     )
 
 

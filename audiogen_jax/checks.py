@@ -34,3 +34,16 @@ def integer(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name} must be an int, got {value!r}")
     return int(value)
+
+
+SEED_RANGE = (-(2**63), 2**64)  # what torch.manual_seed accepts: int64 and uint64 values
+
+
+def seed(name: str, value: Any) -> int:
+    """A random seed as an int in [0, 2**64): any integer in [-2**63, 2**64), negative ones taken
+    modulo 2**64 (two's complement, as `torch.manual_seed` does)."""
+    value = integer(name, value)
+    low, high = SEED_RANGE
+    if not low <= value < high:
+        raise ValueError(f"{name} must be an integer in [-2**63, 2**64), got {value}")
+    return value % 2**64

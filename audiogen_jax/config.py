@@ -3,8 +3,8 @@
 Each config holds only what the architecture uses, is read from the checkpoint's own config at
 conversion time (by `encodec_params.py`, `t5_params.py`, `lm_params.py`), and is stored in the
 converted directory's `config.json`. Nothing in the model code assumes AudioGen-medium's numbers:
-those live in the `medium()` presets below, next to the `tiny()` presets the tests and the offline
-`tiny-random` model use.
+those live in the presets below (`medium()` for AudioGen-medium, `musicgen()` / `base()` for the
+MusicGen family), next to the `tiny()` presets the tests and the offline `tiny-random` model use.
 """
 
 from __future__ import annotations
@@ -14,11 +14,36 @@ import math
 from typing import Any
 
 _PAD_MODES = ("constant", "reflect", "replicate", "circular")
+# The reference's generation classes (audiocraft `models/audiogen.py`, `models/musicgen.py`), named
+# by the `solver` key of a checkpoint's training config.
+FAMILIES = ("audiogen", "musicgen")
+# MusicGen's LM sizes (audiocraft `config/model/lm/model_scale/*.yaml`): (dim, heads, layers).
+MUSICGEN_SCALES = {"small": (1024, 16, 24), "medium": (1536, 24, 48), "large": (2048, 32, 48)}
 
 
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ValueError(msg)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# The JSON value each annotation accepts (annotations are strings under `from __future__`), and its
+# name in error messages. A config read from a file is checked against these before use, so a
+# field of the wrong type is one clear error, not a TypeError deep in the model.
+_JSON_KINDS = {
+    "int": (_is_int, "an integer"),
+    "float": (lambda v: (_is_int(v) or isinstance(v, float)) and math.isfinite(v), "a number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "str | None": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "tuple[int, ...]": (
+        lambda v: isinstance(v, (list, tuple)) and all(_is_int(x) for x in v),
+        "a list of integers",
+    ),
+}
 
 
 class _Dict:
@@ -29,10 +54,18 @@ class _Dict:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]):
+        """The config from its JSON form; raises ValueError naming any unknown key or a value of
+        the wrong type."""
+        if not isinstance(d, dict):
+            raise ValueError(f"{cls.__name__}: expected a JSON object, got {type(d).__name__}")
         names = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - set(names))
         if unknown:
             raise ValueError(f"{cls.__name__}: unknown config keys {unknown}")
+        for key, value in d.items():
+            ok, kind = _JSON_KINDS.get(str(names[key].type), (lambda v: True, ""))
+            if not ok(value):
+                raise ValueError(f"{cls.__name__}.{key} must be {kind}, got {value!r}")
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**kwargs)
 
@@ -101,6 +134,13 @@ class EncodecConfig(_Dict):
         )
 
     @classmethod
+    def musicgen(cls) -> EncodecConfig:
+        """The 32 kHz EnCodec of the MusicGen family (encodec_large_nq4_s640: hop 640, 50 Hz)."""
+        return cls(
+            sample_rate=32000, dimension=128, n_filters=64, ratios=(8, 5, 4, 4), n_q=4, bins=2048
+        )
+
+    @classmethod
     def tiny(cls) -> EncodecConfig:
         return cls(
             sample_rate=8000, dimension=16, n_filters=4, ratios=(4, 2), lstm=1, n_q=4, bins=32
@@ -142,6 +182,11 @@ class T5Config(_Dict):
             self.relative_attention_max_distance > self.relative_attention_num_buckets // 4,
             "relative_attention_max_distance must exceed relative_attention_num_buckets // 4",
         )
+
+    @classmethod
+    def base(cls) -> T5Config:
+        """t5-base, MusicGen's text encoder."""
+        return cls(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12)
 
     @classmethod
     def large(cls) -> T5Config:
@@ -186,14 +231,39 @@ class LMConfig(_Dict):
     top_k: int = 250
     top_p: float = 0.0
     temperature: float = 1.0
+    # The reference class that generates with this checkpoint (the training config's `solver`) and
+    # that class's defaults, which the checkpoint does not store: AudioGen 5 s and a 2 s stride,
+    # MusicGen 15 s and 18 s (`__init__` and `set_generation_params` of each class).
+    family: str = "audiogen"
+    duration: float = 5.0  # seconds generated when none is set
+    extend_stride: float = 2.0  # seconds each window moves past max_duration
+    # Stereo (MusicGen-stereo): the mono codec runs on each channel and the K streams interleave
+    # them, stream 2k holding the left channel's codebook k and 2k + 1 the right's (audiocraft
+    # `InterleaveStereoCompressionModel`, codebook interleaving).
+    interleave_stereo: bool = False
 
     def __post_init__(self):
+        _check(
+            min(self.dim, self.num_heads, self.num_layers, self.n_q, self.card) >= 1,
+            "dim, num_heads, num_layers, n_q and card must be >= 1",
+        )
+        _check(self.max_duration > 0, f"max_duration must be > 0 s, got {self.max_duration}")
         _check(
             self.dim % self.num_heads == 0,
             f"dim {self.dim} not divisible by num_heads {self.num_heads}",
         )
         _check(len(self.delays) == self.n_q, f"{len(self.delays)} delays for {self.n_q} codebooks")
         _check(all(d >= 0 for d in self.delays), "delays must be >= 0")
+        _check(self.family in FAMILIES, f"family must be one of {FAMILIES}, got {self.family!r}")
+        _check(self.duration > 0, f"duration must be > 0 seconds, got {self.duration}")
+        # (Whether the stride fits the window is checked where both are used: GenerationSettings.)
+        _check(
+            self.extend_stride > 0, f"extend_stride must be > 0 seconds, got {self.extend_stride}"
+        )
+        _check(
+            not self.interleave_stereo or self.n_q % 2 == 0,
+            f"interleaved stereo needs an even number of streams, got n_q={self.n_q}",
+        )
 
     @property
     def head_dim(self) -> int:
@@ -217,6 +287,32 @@ class LMConfig(_Dict):
             card=2048,
             delays=(0, 1, 2, 3),
             condition_dim=1024,
+        )
+
+    @classmethod
+    def musicgen(
+        cls, scale: str = "small", stereo: bool = False, num_layers: int | None = None
+    ) -> LMConfig:
+        """A MusicGen LM (facebook/musicgen-{scale}, or -stereo-{scale}); `num_layers` overrides
+        the depth (the tests keep the widths and run a few layers)."""
+        _check(scale in MUSICGEN_SCALES, f"scale must be one of {sorted(MUSICGEN_SCALES)}")
+        dim, heads, layers = MUSICGEN_SCALES[scale]
+        # Stereo: two streams per codebook, each pair delayed alike (the stereo fine-tuning grid's
+        # `codebooks_pattern.delay.delays`).
+        delays = (0, 0, 1, 1, 2, 2, 3, 3) if stereo else (0, 1, 2, 3)
+        return cls(
+            dim=dim,
+            num_heads=heads,
+            num_layers=layers if num_layers is None else num_layers,
+            n_q=len(delays),
+            card=2048,
+            delays=delays,
+            condition_dim=768,
+            max_duration=30.0,
+            family="musicgen",
+            duration=15.0,
+            extend_stride=18.0,
+            interleave_stereo=stereo,
         )
 
     @classmethod

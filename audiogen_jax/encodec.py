@@ -27,6 +27,9 @@ Differences from the reference:
   inside the `lax.scan`. Its two biases are summed at conversion.
 - Inference only, no `renormalize` (the converter refuses checkpoints that use it), no streaming
   state.
+- `encode` refuses audio whose peak exceeds `MAX_AMPLITUDE` (100, i.e. 40 dB over full scale)
+  instead of returning meaningless codes (at 1e10 every frame got the same code): float audio lies
+  in [-1, 1], and such a peak is a mistake, most often integer PCM passed as float.
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ from flax import nnx
 from audiogen_jax import checkpoint, checks, initializers
 from audiogen_jax.config import EncodecConfig
 from audiogen_jax.quantization import ResidualVectorQuantizer
+
+# Float audio is in [-1, 1]; a peak beyond this is a unit mistake (16-bit PCM values as floats reach
+# 32767), not a loud sound.
+MAX_AMPLITUDE = 100.0
 
 
 def _uniform(key: jax.Array, shape: tuple[int, ...], bound: float) -> nnx.Param:
@@ -423,8 +430,16 @@ def _check_wav(wav, channels: int) -> jax.Array:
         raise ValueError(f"wav is empty: shape {tuple(wav.shape)}")
     if not jnp.issubdtype(wav.dtype, jnp.floating):
         raise ValueError(f"wav must be floating point, got {wav.dtype}")
-    if checks.is_concrete(wav) and not np.isfinite(np.asarray(wav)).all():
-        raise ValueError("wav contains NaN or infinite samples")
+    if checks.is_concrete(wav):
+        host = np.asarray(wav)
+        if not np.isfinite(host).all():
+            raise ValueError("wav contains NaN or infinite samples")
+        peak = float(np.abs(host).max())
+        if peak > MAX_AMPLITUDE:
+            raise ValueError(
+                f"wav peaks at {peak:.3g}, beyond {MAX_AMPLITUDE:g} (float audio lies in [-1, 1]); "
+                "scale it first (integer PCM: divide by 32768 for 16-bit)"
+            )
     return jnp.asarray(wav, jnp.float32)
 
 

@@ -1,4 +1,4 @@
-"""EnCodec's weight map: audiocraft compression checkpoints onto `encodec.EncodecModel`.
+"""EnCodec's weight maps: audiocraft compression checkpoints onto `encodec.EncodecModel`.
 
 Reading this file beside `encodec.py` is reading the port: the config the checkpoint's `xp.cfg`
 describes, the `Rule` table from its state-dict keys to our parameter paths, and the entry point
@@ -11,24 +11,39 @@ biases keep their names):
     X.model.i.lstm.bias_{ih,hh}_l{n}                -> X.model.i.layers.n.bias (the two summed)
     quantizer.vq.layers.q._codebook.embed           -> quantizer.layers.q.embed
 
+A compression export may instead point to a pretrained codec by name (`{'pretrained':
+'facebook/encodec_32khz'}`, audiocraft's `export_pretrained_compression_model`): a transformers
+`EncodecModel` on the hub, the same SEANet under other names (`X.layers.i...` for `X.model.i...`,
+`quantizer.layers.q.codebook.embed`, weight norm as `weight_g/v` or
+`parametrizations.weight.original0/1`), which audiocraft runs through `HFEncodecCompressionModel`.
+`convert_hf_encodec` maps it onto the same `EncodecModel`.
+
 References: audiocraft 1.3.0 `models/builders.py` (`get_compression_model`), `modules/seanet.py`
-and `modules/conv.py` (the weight-norm parametrisation folded here).
+and `modules/conv.py` (the weight-norm parametrisation folded here), `models/encodec.py`
+(`CompressionModel.get_pretrained`, `HFEncodecCompressionModel`); transformers 5.24
+`models/encodec/configuration_encodec.py` and `modeling_encodec.py`.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 from flax import nnx
 
-from audiogen_jax import checkpoint
+from audiogen_jax import checkpoint, hub
 from audiogen_jax.config import EncodecConfig
 from audiogen_jax.encodec import EncodecModel
-from audiogen_jax.io.audiocraft import YamlConfig, load_audiocraft_package
-from audiogen_jax.io.errors import ConversionError, short_list
+from audiogen_jax.io.audiocraft import YamlConfig, load_audiocraft_package, pretrained_pointer
+from audiogen_jax.io.errors import ConversionError, DownloadError, short_list
 from audiogen_jax.io.rules import Rule, as_numpy, convert_state, plan_conversion
-from audiogen_jax.io.safetensors import write_file
+from audiogen_jax.io.safetensors import SafetensorsFile, write_file
+from audiogen_jax.io.torch_pickle import load_torch_checkpoint
 
 # SEANet constructor defaults (audiocraft `SEANetEncoder.__init__`), used where xp.cfg omits a key.
 _SEANET_DEFAULTS = {
@@ -208,6 +223,242 @@ ENCODEC_RULES = [
 
 
 # --------------------------------------------------------------------------------------------------
+# transformers' EnCodec: what a `{'pretrained': name}` codec export points to.
+
+# transformers `EncodecConfig` defaults, for the keys a config.json omits.
+_HF_DEFAULTS = {
+    "target_bandwidths": [1.5, 3.0, 6.0, 12.0, 24.0],
+    "sampling_rate": 24000,
+    "audio_channels": 1,
+    "normalize": False,
+    "chunk_length_s": None,
+    "hidden_size": 128,
+    "num_filters": 32,
+    "num_residual_layers": 1,
+    "upsampling_ratios": [8, 5, 4, 2],
+    "norm_type": "weight_norm",
+    "kernel_size": 7,
+    "last_kernel_size": 7,
+    "residual_kernel_size": 3,
+    "dilation_growth_rate": 2,
+    "use_causal_conv": True,
+    "pad_mode": "reflect",
+    "compress": 2,
+    "num_lstm_layers": 2,
+    "trim_right_ratio": 1.0,
+    "codebook_size": 1024,
+    "codebook_dim": None,
+    "use_conv_shortcut": True,
+}
+HF_CODEC_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
+
+def encodec_config_from_hf(hf: Mapping[str, Any], src: str = "config.json") -> EncodecConfig:
+    """An `EncodecConfig` from a transformers EnCodec `config.json` (absent keys: its defaults).
+
+    The codebooks are those of the highest target bandwidth, which audiocraft's
+    `HFEncodecCompressionModel` selects: `bandwidth * 1000 / (frame_rate * log2(codebook_size))`.
+    Refuses, listing every problem, what the JAX codec does not implement: per-item volume
+    normalisation, chunked encoding, group norm, codebooks narrower than the latents.
+    """
+    if hf.get("model_type", "encodec") != "encodec":
+        raise ConversionError(f"{src}: not an EnCodec config (model_type={hf.get('model_type')!r})")
+    c = {**_HF_DEFAULTS, **hf}
+    problems = []
+    if c["normalize"]:
+        problems.append("normalize=true (per-item volume renormalisation not implemented)")
+    if c["chunk_length_s"] is not None:
+        problems.append(f"chunk_length_s={c['chunk_length_s']} (chunked encoding not implemented)")
+    if c["norm_type"] != "weight_norm":
+        problems.append(f"norm_type={c['norm_type']!r} (only 'weight_norm')")
+    if c["codebook_dim"] not in (None, c["hidden_size"]):
+        problems.append(f"codebook_dim={c['codebook_dim']} differs from hidden_size")
+    hop = math.prod(c["upsampling_ratios"])
+    if c["sampling_rate"] % hop:
+        problems.append(f"sampling_rate {c['sampling_rate']} is not a multiple of the hop {hop}")
+    bits = math.log2(c["codebook_size"])
+    n_q = max(bw * 1000 / (c["sampling_rate"] / hop * bits) for bw in c["target_bandwidths"])
+    if abs(n_q - round(n_q)) > 1e-3:
+        problems.append(f"target_bandwidths {c['target_bandwidths']} give {n_q:g} codebooks")
+    if problems:
+        raise ConversionError(f"{src}: unsupported EnCodec config:\n  " + "\n  ".join(problems))
+    try:
+        return EncodecConfig(
+            sample_rate=int(c["sampling_rate"]),
+            channels=int(c["audio_channels"]),
+            dimension=int(c["hidden_size"]),
+            n_filters=int(c["num_filters"]),
+            n_residual_layers=int(c["num_residual_layers"]),
+            ratios=tuple(int(r) for r in c["upsampling_ratios"]),
+            kernel_size=int(c["kernel_size"]),
+            last_kernel_size=int(c["last_kernel_size"]),
+            residual_kernel_size=int(c["residual_kernel_size"]),
+            dilation_base=int(c["dilation_growth_rate"]),
+            causal=bool(c["use_causal_conv"]),
+            pad_mode=str(c["pad_mode"]),
+            true_skip=not c["use_conv_shortcut"],
+            compress=int(c["compress"]),
+            lstm=int(c["num_lstm_layers"]),
+            trim_right_ratio=float(c["trim_right_ratio"]),
+            n_q=round(n_q),
+            bins=int(c["codebook_size"]),
+        )
+    except (TypeError, ValueError) as e:
+        raise ConversionError(f"{src}: bad EnCodec config: {e}") from e
+
+
+def _hf_weight_norm(srcs):
+    """transformers' weight-norm names (old `weight_g/v`, or the parametrisation's `original0/1`)
+    as the fold above reads them."""
+    names = {"original0": "weight_g", "original1": "weight_v"}
+    leaves = (k.rsplit(".", 1)[1] for k in srcs)
+    return {f"w.{names.get(leaf, leaf)}": v for leaf, v in zip(leaves, srcs.values(), strict=True)}
+
+
+def _hf_conv_kernel(srcs):
+    return _conv_kernel(_hf_weight_norm(srcs))
+
+
+def _hf_convtr_kernel(srcs):
+    return _convtr_kernel(_hf_weight_norm(srcs))
+
+
+_HF_WN = r"\.conv\.(?:weight_[gv]|parametrizations\.weight\.original[01]|weight)"
+
+
+def hf_encodec_rules(expected: Iterable[str], n_q: int) -> tuple[list[Rule], list[str]]:
+    """(rules, ignored patterns) mapping a transformers EnCodec state dict onto `EncodecModel`.
+
+    transformers names every convolution `conv`, transposed ones included; which decoder layers are
+    transposed is read from the parameters the config implies (`expected`). Codebooks past the
+    `n_q` the bandwidth uses, and the k-means training buffers, are ignored.
+    """
+    convtr = re.compile(r"decoder\.model\.(\d+)\.convtr\.kernel")
+    tr = sorted({m.group(1) for k in expected if (m := convtr.fullmatch(k))})
+    used = "|".join(str(q) for q in range(n_q))
+    rules = []
+    # Plain convolutions (layers, residual blocks, shortcuts): every encoder layer, and the decoder
+    # layers that are not transposed.
+    not_tr = rf"(?!(?:{'|'.join(tr)})\.)\d+" if tr else r"\d+"
+    for x, index in (("encoder", r"\d+"), ("decoder", not_tr)):
+        block = rf"{x}\.layers\.(?P<i>{index}(?:\.block\.\d+|\.shortcut)?)"
+        rules += [
+            Rule(block + _HF_WN, rf"{x}.model.\g<i>.conv.kernel", _hf_conv_kernel),
+            Rule(block + r"\.conv\.bias", rf"{x}.model.\g<i>.conv.bias"),
+        ]
+    rules += [
+        Rule(
+            r"(?P<x>encoder|decoder)\.layers\.(?P<i>\d+)\.lstm\.weight_ih_l(?P<n>\d+)",
+            r"\g<x>.model.\g<i>.layers.\g<n>.kernel_ih",
+            _transpose,
+        ),
+        Rule(
+            r"(?P<x>encoder|decoder)\.layers\.(?P<i>\d+)\.lstm\.weight_hh_l(?P<n>\d+)",
+            r"\g<x>.model.\g<i>.layers.\g<n>.weight_hh",
+        ),
+        Rule(
+            r"(?P<x>encoder|decoder)\.layers\.(?P<i>\d+)\.lstm\.bias_(?:ih|hh)_l(?P<n>\d+)",
+            r"\g<x>.model.\g<i>.layers.\g<n>.bias",
+            _sum_sources,
+        ),
+        Rule(
+            rf"quantizer\.layers\.(?P<q>{used})\.codebook\.embed",
+            r"quantizer.layers.\g<q>.embed",
+        ),
+    ]
+    if tr:
+        index = "|".join(tr)
+        rules += [
+            Rule(
+                rf"decoder\.layers\.(?P<i>{index}){_HF_WN}",
+                r"decoder.model.\g<i>.convtr.kernel",
+                _hf_convtr_kernel,
+            ),
+            Rule(
+                rf"decoder\.layers\.(?P<i>{index})\.conv\.bias", r"decoder.model.\g<i>.convtr.bias"
+            ),
+        ]
+    ignore = [
+        r"quantizer\.layers\.\d+\.codebook\.(?:inited|cluster_size|embed_avg)",
+        rf"quantizer\.layers\.(?!(?:{used})\.)\d+\.codebook\.embed",
+    ]
+    return rules, ignore
+
+
+def _hf_codec_files(src: str, via: str | None) -> tuple[str, str]:
+    """(config.json, weights) of a transformers EnCodec: in directory `src` (when not `via` a
+    pointer), or downloaded from hub repo `src` (only those two files)."""
+    if via is None and os.path.isdir(src):
+        config = os.path.join(src, "config.json")
+        weights = [p for n in HF_CODEC_WEIGHTS if os.path.isfile(p := os.path.join(src, n))]
+        if not os.path.isfile(config) or not weights:
+            raise ConversionError(
+                f"{src}: a transformers EnCodec directory needs config.json and one of "
+                f"{', '.join(HF_CODEC_WEIGHTS)}"
+            )
+        return config, weights[0]
+    # A name read from a downloaded file is only ever a hub id, never a local path.
+    if not hub.looks_like_hub_id(src) or len(src) > 96:
+        raise ConversionError(f"{via or src}: {src[:100]!r} is not a hub id (owner/name)")
+
+    def fetch(name: str) -> str | None:
+        try:
+            return hub.download(src, name)
+        except Exception as e:  # noqa: BLE001 - offline, unknown repo, HTTP errors: one message
+            raise DownloadError(
+                f"could not download {src!r} ({name}) from the Hugging Face hub"
+                + (f", the codec {via} names" if via else "")
+                + f" ({type(e).__name__}: {e}). Offline, download "
+                f"config.json and {HF_CODEC_WEIGHTS[0]} from https://huggingface.co/{src} into a "
+                "directory DIR and convert with `audiogen-jax convert --compression DIR ...`."
+            ) from e
+
+    config = fetch("config.json")
+    if config is None:
+        raise ConversionError(f"{src} on the hub has no config.json: not a transformers EnCodec")
+    for name in HF_CODEC_WEIGHTS:
+        if (weights := fetch(name)) is not None:
+            return config, weights
+    raise ConversionError(f"{src}: no EnCodec weights ({', '.join(HF_CODEC_WEIGHTS)}) on the hub")
+
+
+def convert_hf_encodec(
+    src: str | os.PathLike, out_dir: str | os.PathLike, via: str | None = None
+) -> None:
+    """A transformers EnCodec (a directory, or a hub id such as facebook/encodec_32khz) ->
+    DIR/compression.safetensors + config['compression'], as `convert_compression` writes them.
+
+    Args:
+      src: the directory (config.json + model.safetensors or pytorch_model.bin) or hub id.
+      out_dir: the converted directory to create or update.
+      via: the export that pointed here, for messages.
+    """
+    src = os.fspath(src)
+    config_path, weights_path = _hf_codec_files(src, via)
+    with open(config_path, encoding="utf-8") as f:
+        cfg = encodec_config_from_hf(json.load(f), f"{src} (config.json)")
+    if weights_path.endswith(".safetensors"):
+        state = SafetensorsFile(weights_path)
+    else:
+        state = load_torch_checkpoint(weights_path)
+    specs = checkpoint.param_specs(lambda: EncodecModel(cfg, rngs=nnx.Rngs(0)))
+    expected = {k: shape for k, (shape, _) in specs.items()}
+    rules, ignore = hf_encodec_rules(expected, cfg.n_q)
+    try:
+        plan = plan_conversion(state, rules, expected, ignore)
+    except ConversionError as e:
+        raise ConversionError(f"{src}: {e}") from e
+    os.makedirs(out_dir, exist_ok=True)
+    write_file(
+        os.path.join(out_dir, checkpoint.WEIGHT_FILES["compression"]),
+        convert_state(state, plan, dtype=np.dtype("float32")),
+        specs,
+        metadata={"source": src},
+    )
+    checkpoint.update_config(out_dir, "compression", cfg.to_dict())
+
+
+# --------------------------------------------------------------------------------------------------
 # Entry point.
 
 
@@ -218,8 +469,20 @@ def convert_compression(src: str | os.PathLike, out_dir: str | os.PathLike) -> N
     and drops the RVQ training buffers. Refuses a codebook that was never initialised (`inited` 0:
     with k-means init its codewords are all zeros, so every frame would get code 0). Every key and
     shape problem is reported before anything is written.
+
+    `src` may also be an export that points to a pretrained codec (`{'pretrained': name}`), which
+    is then converted from the hub (or from directory `name`) by `convert_hf_encodec`; or such a
+    directory itself.
     """
-    pkg = load_audiocraft_package(src, "compression (EnCodec)")
+    if os.path.isdir(src):
+        return convert_hf_encodec(src, out_dir)
+    obj = load_torch_checkpoint(src)
+    pointer = pretrained_pointer(obj)
+    if pointer is not None:
+        if pointer.startswith("dac_"):  # audiocraft's other named codecs
+            raise ConversionError(f"{src} points to the DAC codec {pointer!r}: not implemented")
+        return convert_hf_encodec(pointer, out_dir, via=os.fspath(src))
+    pkg = load_audiocraft_package(src, "compression (EnCodec)", obj)
     keys = list(pkg.state.keys())
     if not any(k.startswith("encoder.model.") for k in keys) or not any(
         k.startswith("quantizer.") for k in keys
@@ -240,7 +503,10 @@ def convert_compression(src: str | os.PathLike, out_dir: str | os.PathLike) -> N
         )
     specs = checkpoint.param_specs(lambda: EncodecModel(cfg, rngs=nnx.Rngs(0)))
     expected = {k: shape for k, (shape, _) in specs.items()}
-    plan = plan_conversion(pkg.state, ENCODEC_RULES, expected, ENCODEC_IGNORE)
+    try:
+        plan = plan_conversion(pkg.state, ENCODEC_RULES, expected, ENCODEC_IGNORE)
+    except ConversionError as e:
+        raise ConversionError(f"{src}: {e}") from e
     os.makedirs(out_dir, exist_ok=True)
     write_file(
         os.path.join(out_dir, checkpoint.WEIGHT_FILES["compression"]),

@@ -47,7 +47,13 @@ only the new frames.
 Progress: `progress=True` adds a `jax.debug.callback` in the scan body that moves a tqdm bar (or,
 with `progress=callable`, calls it with each step's index: benchmarks/bench_generate.py times steps
 this way); the program stays one compiled scan (a separate compilation from the progress-free one).
-Its cost is one host round trip per step (measured in docs/parity.md, ## Generation).
+Its cost is one host round trip per step (measured in docs/parity.md, ## Generation). The bar reads
+"generating (compiling)" until the first step reports, then restarts its clock, so its rate and
+time left count decoding steps only.
+
+Non-finite logits: the scan carries one flag, set when a step's guided logits hold NaN or inf
+(non-finite weights, a bf16 overflow, an extreme `cfg_coef`); such a window raises
+`FloatingPointError` instead of returning codes that argmax/sampling made from NaN.
 
 References: audiocraft 1.3.0 `models/lm.py` (`LMModel.generate`, `_sample_next_token`),
 `models/genmodel.py` (`BaseGenModel.generate*`, `_generate_tokens`).
@@ -188,16 +194,22 @@ def _report_progress(i) -> None:
 
 
 @contextlib.contextmanager
-def _progress_bar(total: int, desc: str) -> Iterator[None]:
-    bar = tqdm(total=total, desc=desc, unit="step", leave=False)
+def _progress_bar(total: int, desc: str) -> Iterator[tqdm]:
+    # Until the first step reports, the program is being compiled (or fetched from a cache): the
+    # bar says so, and its clock restarts at the first step, so the rate and the time left count
+    # steps only.
+    bar = tqdm(total=total, desc=f"{desc} (compiling)", unit="step", leave=False)
 
     def update(i: int) -> None:
+        if bar.n == 0:
+            bar.set_description_str(desc, refresh=False)
+            bar.reset(total=total)
         # update() redraws at most every `mininterval` seconds: a fast loop is not slowed down.
         bar.update(min(i + 1, total) - bar.n)
 
     _progress_sink.append(update)
     try:
-        yield
+        yield bar
     finally:
         _progress_sink.pop()
         bar.n = total
@@ -238,6 +250,7 @@ class DecodeState:
 
     seq_BKS: jax.Array  # [B, K, S_b] int32 delayed codes; UNKNOWN (-1) where not generated yet
     cache: lmlib.KVCache  # the LM's keys/values for the 2B rows [cond; null], up to S_b steps
+    nonfinite: jax.Array  # bool scalar: some step's guided logits held NaN or inf
 
 
 @functools.partial(
@@ -254,8 +267,9 @@ def _token_program(
     params: sampling.SamplingParams,
     progress: bool,
     placement: sharding.Placement | None = None,
-) -> jax.Array:
-    """One window of generation: codes [B, K, frames_b] (frames >= num_frames hold `card`).
+) -> tuple[jax.Array, jax.Array]:
+    """One window of generation: codes [B, K, frames_b] (frames >= num_frames hold `card`), and
+    whether any step's guided logits were not finite (its codes are then meaningless).
 
     With a `placement` the weights and text rows arrive sharded; the KV cache is pinned to rows over
     data x fsdp and heads over tensor, and the codes come back whole on every device.
@@ -307,21 +321,21 @@ def _token_program(
         current_BK = jax.lax.dynamic_index_in_dim(state.seq_BKS, s, axis=2, keepdims=False)
         new_BK = jnp.where(current_BK == UNKNOWN, ids_BK, current_BK)
         seq_BKS = jax.lax.dynamic_update_index_in_dim(state.seq_BKS, new_BK, s, axis=2)
+        nonfinite = state.nonfinite | ~jnp.all(jnp.isfinite(guided_BKV))
         if progress:
             jax.debug.callback(_report_progress, i)
-        return DecodeState(seq_BKS=seq_BKS, cache=sharding.constrain_cache(cache, placement))
+        cache = sharding.constrain_cache(cache, placement)
+        return DecodeState(seq_BKS=seq_BKS, cache=cache, nonfinite=nonfinite)
 
     def body(state: DecodeState, i: jax.Array) -> tuple[DecodeState, None]:
         state = jax.lax.cond(start + i < stop, decode_step, lambda st, _: st, state, i)
         return state, None
 
     # The scan covers the longest possible run (no prompt); iterations past `stop` are skipped.
-    state, _ = jax.lax.scan(
-        body, DecodeState(seq_BKS=seq_BKS, cache=cache), jnp.arange(S_b - 1 - min(delays))
-    )
-    return sharding.constrain(
-        patterns.revert_delayed(state.seq_BKS, delays, frames_b), (), placement
-    )
+    init = DecodeState(seq_BKS=seq_BKS, cache=cache, nonfinite=jnp.bool_(False))
+    state, _ = jax.lax.scan(body, init, jnp.arange(S_b - 1 - min(delays)))
+    codes_BKT = patterns.revert_delayed(state.seq_BKS, delays, frames_b)
+    return sharding.constrain(codes_BKT, (), placement), state.nonfinite
 
 
 # --------------------------------------------------------------------------------------------------
@@ -444,18 +458,21 @@ def _run_window(
     progress: Progress,
     steps: int,
     placement: sharding.Placement | None = None,
-) -> np.ndarray:
-    """Runs the program on one window of `steps` LM steps: int32 [B, K, frames_b] numpy codes."""
+) -> tuple[np.ndarray, bool]:
+    """Runs the program on one window of `steps` LM steps: int32 [B, K, frames_b] numpy codes,
+    and whether some logits were not finite."""
     run = functools.partial(
         _call_program, _token_program, splits, window, frames_b, params, bool(progress), placement
     )
     if not progress:
-        return np.asarray(jax.device_get(run()))
-    reporter = (
-        _progress_calls(progress) if callable(progress) else _progress_bar(steps, "generating")
-    )
+        reporter = contextlib.nullcontext()
+    elif callable(progress):
+        reporter = _progress_calls(progress)
+    else:
+        reporter = _progress_bar(steps, "generating")
     with reporter:
-        return np.asarray(jax.device_get(run()))
+        codes, nonfinite = jax.device_get(run())
+    return np.asarray(codes), bool(nonfinite)
 
 
 def trace_program(
@@ -514,6 +531,10 @@ def generate_codes(
 
     Returns:
       int32 [B, K, T] numpy codes, prompt included (T = `settings.num_frames`).
+
+    Raises:
+      FloatingPointError: some step's guided logits were NaN or infinite (checked in the scan,
+        reported once the window is done).
     """
     if splits is None:
         splits = (nnx.split(lm), nnx.split(conditioner))
@@ -542,7 +563,13 @@ def generate_codes(
             prompt_BKT=prompt,
         )
         steps = num_frames + max(delays) - prompt_len - min(delays)
-        codes = _run_window(splits, window, frames_b, params, progress, steps, placement)
+        codes, nonfinite = _run_window(splits, window, frames_b, params, progress, steps, placement)
+        if nonfinite:
+            raise FloatingPointError(
+                f"the LM gave NaN or infinite logits (window {w}), so the codes are meaningless: "
+                "non-finite weights, an overflow in a low-precision dtype (try float32), or an "
+                f"extreme cfg_coef ({settings.sampling.cfg_coef:g})"
+            )
         return codes[:, :, :num_frames]
 
     if T <= limit:

@@ -42,6 +42,13 @@ LM_T5_DIMS = {
     "google/flan-t5-11b": 1024,
 }
 LM_OUTPUT_PROJ = "condition_provider.conditioners.description.output_proj"
+# The reference classes' own defaults, which no checkpoint stores: the duration their `__init__`
+# sets and the stride of `set_generation_params` (audiocraft `models/audiogen.py`,
+# `models/musicgen.py`), by the training config's `solver`.
+FAMILY_DEFAULTS = {
+    "audiogen": {"duration": 5.0, "extend_stride": 2.0},
+    "musicgen": {"duration": 15.0, "extend_stride": 18.0},
+}
 # Keys audiocraft's `load_lm_model` deletes from old configs before building the model.
 _LM_OBSOLETE_KEYS = (
     "conditioners.self_wav.chroma_stem.cache_path",
@@ -75,6 +82,17 @@ def lm_config_from_audiocraft(
 
     def tl(key, default=None):
         return xp.get(f"transformer_lm.{key}", default)
+
+    conditioners = {k: v for k, v in (xp.get("conditioners", {}) or {}).items() if k != "args"}
+    melody = sorted(k for k, v in conditioners.items() if (v or {}).get("model") == "chroma_stem")
+    if melody:
+        raise ValueError(
+            f"this is a MusicGen-melody checkpoint: its conditioner {melody[0]!r} (model "
+            "chroma_stem: a chromagram of a melody waveform, prepended to the LM input) is not "
+            "implemented in audiogen-jax. Supported: text-only AudioGen and MusicGen checkpoints "
+            "(facebook/audiogen-medium, facebook/musicgen-{small,medium,large}, "
+            "facebook/musicgen-stereo-{small,medium,large})."
+        )
 
     problems = []
 
@@ -126,12 +144,35 @@ def lm_config_from_audiocraft(
     for key in ("flatten_first", "empty_initial"):
         v = xp.get(f"codebooks_pattern.delay.{key}", 0)
         want(f"codebooks_pattern.delay.{key} (only 0)", v, v == 0)
-    conditioners = {k: v for k, v in (xp.get("conditioners", {}) or {}).items() if k != "args"}
     want(
         "conditioners (only a t5 'description')",
         sorted(conditioners),
         list(conditioners) == ["description"] and conditioners["description"].get("model") == "t5",
     )
+    solver = xp.get("solver", None)
+    want(
+        f"solver (the reference class: one of {sorted(FAMILY_DEFAULTS)})",
+        solver,
+        solver in FAMILY_DEFAULTS,
+    )
+    # Stereo: the generation model wraps the mono codec (audiocraft
+    # `builders.get_wrapped_compression_model`, from these keys of the LM's config).
+    stereo = bool(xp.get("interleave_stereo_codebooks.use", False))
+    per_timestep = xp.get("interleave_stereo_codebooks.per_timestep", False)
+    want(
+        "interleave_stereo_codebooks.per_timestep (only false: codebook interleaving)",
+        per_timestep,
+        not per_timestep,
+    )
+    channels = xp.get("channels", 1)
+    want(
+        f"channels (interleave_stereo_codebooks.use={str(stereo).lower()} needs "
+        f"{2 if stereo else 1})",
+        channels,
+        channels == (2 if stereo else 1),
+    )
+    n_active = xp.get("compression_model_n_q", None)
+    want("compression_model_n_q (only null: every codebook)", n_active, n_active is None)
     if problems:
         raise ValueError("unsupported LM checkpoint settings:\n  " + "\n  ".join(problems))
 
@@ -180,6 +221,9 @@ def lm_config_from_audiocraft(
         top_k=int(gen("top_k", 250)),
         top_p=float(gen("top_p", 0.0)),
         temperature=float(gen("temp", 1.0)),
+        family=solver,
+        interleave_stereo=stereo,
+        **FAMILY_DEFAULTS[solver],
     )
     conditioner = {"input_dim": condition_dim, "output_dim": dim, "name": t5_name}
     return cfg, conditioner

@@ -1,14 +1,22 @@
-"""`tiny-random`: a small random-weight AudioGen that runs the whole pipeline offline, quickly.
+"""Presets: the released checkpoints audiogen-jax runs, and `tiny-random` for offline use.
 
+`CHECKPOINTS` lists the hub ids `AudioGen.from_pretrained` and the command line's `--model` accept
+by name (any other audiocraft text-to-audio checkpoint converts too when its config is supported),
+with the configs their conversion gives: AudioGen-medium (16 kHz codec, t5-large) and the MusicGen
+family (32 kHz codec, t5-base; small, medium and large, mono and stereo). The configs are what the
+converter reads from each release's own `xp.cfg` (`lm_params.py`, `encodec_params.py`,
+`t5_params.py`); they are written out here for the documentation, the parameter counts and the
+benchmarks, never used in place of a checkpoint's config. (`hub.UNSUPPORTED` names the released
+checkpoints that need parts this package does not implement.)
+
+`tiny-random` is a small random-weight AudioGen that runs the whole pipeline offline, quickly.
 It has the real model's structure at toy widths: a 16 kHz EnCodec with the medium model's ratios
 (hop 320, so 50 frames per second, like AudioGen) but 4 filters and 32-entry codebooks, a 2-layer
 T5 with a sentencepiece tokenizer trained on the fly (`train_tiny_tokenizer`, no download; the tests
 and the notebooks use it too), and a 2-layer LM (`LMConfig.tiny()`). The weights are random: it
 makes noise. It exists so the CLI, the notebooks and the tests can run end to end without the
-3.9 GB checkpoint.
-
-The model is written once as an ordinary converted directory (same files as `convert_weights.py`
-produces) and reused from there.
+3.9 GB checkpoint. The model is written once as an ordinary converted directory (same files as
+`convert_weights.py` produces) and reused from there.
 """
 
 from __future__ import annotations
@@ -17,19 +25,61 @@ import dataclasses
 import io
 import os
 import re
-import shutil
 import sysconfig
 
 import numpy as np
 from flax import nnx
 
 from audiogen_jax import checkpoint, t5
-from audiogen_jax.config import EncodecConfig, LMConfig, T5Config
+from audiogen_jax.config import MUSICGEN_SCALES, EncodecConfig, LMConfig, T5Config
 from audiogen_jax.encodec import EncodecModel
+from audiogen_jax.hub import TEXT_ENCODERS, TINY_RANDOM
 from audiogen_jax.io import safetensors
 from audiogen_jax.lm import DISK_LAYOUT, LAYOUT_KEY, LMModel
 
-TINY_RANDOM = "tiny-random"
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """A released checkpoint: its hub id, what it makes, and the configs its conversion gives."""
+
+    name: str  # hub id
+    summary: str  # one line for listings
+    codec: EncodecConfig  # the mono codec (stereo checkpoints run it on each channel)
+    t5: T5Config
+    lm: LMConfig
+
+    @property
+    def t5_name(self) -> str:
+        """The text encoder the LM's config names (downloaded from the hub too)."""
+        return TEXT_ENCODERS[self.name]
+
+
+def _musicgen(scale: str, stereo: bool) -> Checkpoint:
+    kind = "stereo music" if stereo else "music"
+    size = {"small": "300M", "medium": "1.5B", "large": "3.3B"}[scale]
+    return Checkpoint(
+        name=f"facebook/musicgen-{'stereo-' if stereo else ''}{scale}",
+        summary=f"text to {kind}, 32 kHz (the release's {size} size)",
+        codec=EncodecConfig.musicgen(),
+        t5=T5Config.base(),
+        lm=LMConfig.musicgen(scale, stereo=stereo),
+    )
+
+
+CHECKPOINTS = {
+    c.name: c
+    for c in (
+        Checkpoint(
+            name="facebook/audiogen-medium",
+            summary="text to sound effects, 16 kHz (the release's 1.5B size)",
+            codec=EncodecConfig.medium(),
+            t5=T5Config.large(),
+            lm=LMConfig.medium(),
+        ),
+        *(_musicgen(scale, stereo) for stereo in (False, True) for scale in MUSICGEN_SCALES),
+    )
+}
+
 NOISE_WARNING = (
     "warning: 'tiny-random' is a small model with RANDOM weights, for trying the pipeline offline: "
     "it makes noise, not sound. Use --model facebook/audiogen-medium (or a converted directory) "
@@ -144,10 +194,9 @@ def build_tiny_random(directory: str | os.PathLike, seed: int = 0) -> str:
       seed: the random init seed.
     """
     directory = os.fspath(directory)
-    tmp = f"{directory}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
+    # Built beside `directory` and swapped in whole, with its manifest; a second process building
+    # the same directory waits for the first.
+    with checkpoint.writing(directory, wait=True) as tmp:
         codec_cfg, t5_cfg, lm_cfg = tiny_random_configs()
         rng = np.random.default_rng(seed)
         weights = {
@@ -173,8 +222,4 @@ def build_tiny_random(directory: str | os.PathLike, seed: int = 0) -> str:
             {"input_dim": t5_cfg.d_model, "output_dim": lm_cfg.dim, "name": TINY_RANDOM},
         )
         train_tiny_tokenizer(os.path.join(tmp, checkpoint.TOKENIZER_DIR))
-        shutil.rmtree(directory, ignore_errors=True)
-        os.replace(tmp, directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return directory

@@ -26,6 +26,11 @@ Differences from the reference:
   which only matters when a tie straddles the top-p boundary; torch's sort order is unspecified.
 - The reference silently falls back to greedy when `use_sampling` is set with `temperature == 0`;
   here that combination is a `ValueError` (ask for `use_sampling=False` instead).
+- Logits are shifted by their maximum before the division by the temperature (`softmax((logits -
+  max) / T)`, the same distribution): then any temperature down to float32's smallest normal
+  number, `MIN_TEMPERATURE` (1.2e-38), samples correctly, tiny ones approaching greedy decoding.
+  Dividing first (`softmax(logits / T)`, the reference's order) gives NaN probabilities under XLA
+  from about T = 1e-9 with logits of magnitude 10. Smaller temperatures are a `ValueError`.
 """
 
 from __future__ import annotations
@@ -37,13 +42,17 @@ import jax.numpy as jnp
 
 from audiogen_jax import checks
 
+# float32's smallest normal number: a smaller temperature is not representable in the float32
+# division (it flushes to zero or loses precision).
+MIN_TEMPERATURE = float(jnp.finfo(jnp.float32).tiny)
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SamplingParams:
     """How to pick each token. Frozen and hashable: pass it to `jax.jit` as a static argument."""
 
     use_sampling: bool = True  # False: greedy argmax of the guided logits
-    temperature: float = 1.0  # softmax temperature (> 0 when sampling)
+    temperature: float = 1.0  # softmax temperature (>= MIN_TEMPERATURE when sampling)
     top_k: int = 250  # keep the k most probable ids (0 = off); ignored when top_p > 0
     top_p: float = 0.0  # keep the smallest set with probability mass >= p (0 = off)
     cfg_coef: float = 3.0  # classifier-free guidance coefficient (1 = conditional logits only)
@@ -64,6 +73,12 @@ class SamplingParams:
             raise ValueError(
                 f"temperature must be > 0 when sampling, got {self.temperature}; "
                 "use use_sampling=False for greedy decoding"
+            )
+        if self.use_sampling and self.temperature < MIN_TEMPERATURE:
+            raise ValueError(
+                f"temperature {self.temperature:g} is below {MIN_TEMPERATURE:.3g}, the smallest "
+                "float32 temperature that can be sampled; use use_sampling=False for greedy "
+                "decoding (what such a temperature amounts to)"
             )
 
     def validate(self, card: int) -> SamplingParams:
@@ -143,7 +158,10 @@ def top_p_filter(probs: jax.Array, p: float) -> jax.Array:
 def filtered_probs(logits: jax.Array, params: SamplingParams) -> jax.Array:
     """The distribution a sampling step draws from: softmax(logits / T), then top-p or top-k."""
     params.validate(logits.shape[-1])
-    probs = jax.nn.softmax(logits.astype(jnp.float32) / params.temperature, axis=-1)
+    logits = logits.astype(jnp.float32)
+    # Shifted first, so the largest is exactly 0 at any temperature (see the module docstring).
+    shifted = logits - jnp.max(logits, axis=-1, keepdims=True)
+    probs = jax.nn.softmax(shifted / params.temperature, axis=-1)
     if params.top_p > 0.0:
         return top_p_filter(probs, params.top_p)
     if params.top_k > 0:

@@ -334,6 +334,27 @@ def _tokenizer_dir(directory: str) -> str:
     )
 
 
+def _tokenizer_class():
+    """transformers' `T5Tokenizer`, imported only when a tokenizer is loaded (seconds to import).
+
+    Without torch, importing transformers logs "PyTorch was not found. Models won't be available":
+    true and irrelevant here (only the tokenizer is used, which needs no torch). That one message
+    is an "advisory" warning, which transformers skips when TRANSFORMERS_NO_ADVISORY_WARNINGS is
+    set; it is set for the import only, so transformers' other warnings still show.
+    """
+    key = "TRANSFORMERS_NO_ADVISORY_WARNINGS"
+    saved = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        from transformers import T5Tokenizer
+    finally:
+        if saved is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = saved
+    return T5Tokenizer
+
+
 def load_tokenizer(directory_or_hub_id: str | os.PathLike):
     """transformers' `T5Tokenizer`, which audiocraft uses.
 
@@ -342,8 +363,7 @@ def load_tokenizer(directory_or_hub_id: str | os.PathLike):
         converted directory (its `tokenizer/` is used), or a hub id such as "t5-large" where the
         network allows.
     """
-    # transformers takes seconds to import; only loading a tokenizer needs it.
-    from transformers import T5Tokenizer
+    T5Tokenizer = _tokenizer_class()
 
     src = os.fspath(directory_or_hub_id)
     if os.path.isdir(src):

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from audiogen_jax import checkpoint, t5
+from audiogen_jax import checkpoint, hub, t5
 from audiogen_jax.config import T5Config
 from audiogen_jax.io.errors import ConversionError
 from audiogen_jax.io.rules import Rule, convert_state, plan_conversion
@@ -126,14 +126,8 @@ def _hf_file(src: str, name: str, local: bool, required: bool = True) -> str | N
     if local:
         path = os.path.join(src, name)
         return path if os.path.isfile(path) else None
-    # huggingface_hub is a dependency, imported here so that converting offline never loads it.
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import RemoteEntryNotFoundError
-
     try:
-        return hf_hub_download(src, name)
-    except RemoteEntryNotFoundError:
-        return None
+        return hub.download(src, name)
     except Exception as e:  # noqa: BLE001 - offline, unknown repo, HTTP errors: one clear message
         if not required:
             return None

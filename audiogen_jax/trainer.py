@@ -50,9 +50,26 @@ class TrainError(Exception):
     """A run that cannot start or continue; the message is the one line shown to the user."""
 
 
+EXAMPLES = """\
+examples:
+  # a quick run on the offline tiny model
+  audiogen-jax train sounds/ --model tiny-random --out runs/a --steps 200 --batch-size 4
+  # LoRA adapters on a converted model, bfloat16 compute
+  audiogen-jax train sounds/ --model DIR --out runs/b --lora-rank 16 --dtype bfloat16
+  # continue run b up to 400 updates
+  audiogen-jax train sounds/ --model DIR --out runs/b --resume --steps 400
+
+sounds/ holds audio files with same-named .txt captions (or give a data.jsonl). The run directory
+receives run.json, metrics.jsonl, tb/, checkpoints/ and export/ (a converted directory).
+"""
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="audiogen-jax train", description="Fine-tune AudioGen on captioned audio."
+        prog="audiogen-jax train",
+        description="Fine-tune AudioGen on captioned audio.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("data", help="folder of audio + same-named .txt captions, or a data.jsonl")
     p.add_argument("--model", required=True, help="converted directory, hub id, or 'tiny-random'")
@@ -298,18 +315,11 @@ def export(run_dir: str, model_dir: str, lm, output_proj, out_dir: str | None = 
     from audiogen_jax import checkpoint, lora, t5
 
     out_dir = out_dir or os.path.join(run_dir, "export")
-    tmp = f"{out_dir}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(model_dir, tmp)
-    try:
-        # save_pretrained writes the file's kernel layout ([in, out] whatever the dtype) and says
-        # so in its header, as the loader requires.
-        lora.merge_lora(lm).save_pretrained(tmp)
+    with checkpoint.writing(out_dir) as tmp:  # swapped in whole, with a new manifest
+        shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
+        lm = lora.merge_lora(lm)
+        lm.save_pretrained(tmp)  # the on-disk kernel layout, whatever the runtime one
         checkpoint.save_module(output_proj, os.path.join(tmp, t5.CONDITIONER_FILE))
-        shutil.rmtree(out_dir, ignore_errors=True)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
@@ -361,6 +371,8 @@ def run(args, on_step=None) -> int:
         raise TrainError(f"--mesh {args.mesh}: {e}") from e
     except (checkpoint.CheckpointError, ValueError, OSError) as e:
         raise TrainError(f"--model {args.model}: {e}") from e
+    if lm.config.interleave_stereo:  # the data cache encodes mono audio
+        raise TrainError(f"--model {args.model}: fine-tuning a stereo model is not supported")
     settings = _settings(args, model_dir, lm.config.max_duration)
     examples, skipped = data.find_examples(args.data)
     _open_run(args, settings)

@@ -1,16 +1,16 @@
-"""EnCodec encode/decode speed: audiogen-jax against the PyTorch reference (audiocraft), same weights.
+"""EnCodec encode/decode speed: audiogen-jax vs the PyTorch reference (audiocraft), same weights.
 
     python benchmarks/bench_encodec.py                 # AudioGen's 16 kHz codec, 10 s of audio
     python benchmarks/bench_encodec.py --tiny          # tiny config, a smoke run (seconds)
     python benchmarks/bench_encodec.py --json out.json
 
-Builds the reference with random weights, writes it in the real checkpoint format, converts it with
-`convert_weights`, loads it with `EncodecModel.from_pretrained`, checks that both give the same codes,
-then times both sides in one process: JAX after its jit warm-up (compile time reported apart), the
-reference after one warm-up call; each timing is the best of `--repeats` runs, fp32, batch 1.
-Wall time and process CPU time (all threads) are both reported: on a shared machine the CPU time is
-the steadier measure of work. For a single-threaded comparison run with `--threads 1` and
-`XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"`.
+Builds the reference with random weights, writes it in the real checkpoint format, converts it
+with `convert_weights`, loads it with `EncodecModel.from_pretrained`, checks that both give the
+same codes, then times both sides in one process: JAX after its jit warm-up (compile time reported
+apart), the reference after one warm-up call; each timing is the best of `--repeats` runs, fp32,
+batch 1. Wall time and process CPU time (all threads) are both reported: on a shared machine the
+CPU time is the steadier measure of work. For a single-threaded comparison run with
+`--threads 1` and `XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"`.
 """
 
 from __future__ import annotations
@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> dict:
         "load_avg_1min": os.getloadavg()[0],
     }
     print(
-        f"EnCodec {results['config']}: {seconds:g} s of audio, {results['frames']} frames, batch 1, fp32"
+        f"EnCodec {results['config']}: {seconds:g} s of audio, {results['frames']} frames, "
+        "batch 1, fp32"
     )
     print(f"codes identical to the reference: {same:.4f}")
     head = [

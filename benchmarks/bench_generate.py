@@ -1,41 +1,45 @@
-"""Side-by-side text-to-audio generation benchmark: audiogen-jax vs the PyTorch reference (audiocraft 1.3.0).
+"""Side-by-side text-to-audio generation benchmark: audiogen-jax vs audiocraft 1.3.0 (PyTorch).
 
-    .venv/bin/python benchmarks/bench_generate.py                        # full size, 1 description, 1 s
+    .venv/bin/python benchmarks/bench_generate.py              # full size, 1 description, 1 s
     .venv/bin/python benchmarks/bench_generate.py --batch 1 3 --json bench.json
-    .venv/bin/python benchmarks/bench_generate.py --tiny                 # tiny configs, ~1 minute (the smoke test)
+    .venv/bin/python benchmarks/bench_generate.py --tiny       # tiny configs, ~1 min (smoke test)
+    .venv/bin/python benchmarks/bench_generate.py --preset facebook/musicgen-small
 
 What it does, in order:
-  1. Builds AudioGen-medium (or the tiny configs) with random weights once and caches the files under
-     `--workdir` (default ~/.cache/audiogen_jax_bench/<medium|tiny>): the LM as the release stores it
-     (fp16 `state_dict.bin`, audiocraft's export format), `compression_state_dict.bin`, and a Hugging Face
-     T5 directory (`tests/refmodels.py`). Then `convert_weights.py` converts them to a float32 and a
-     bfloat16 directory. Reruns start here in seconds.
+  1. Builds AudioGen-medium (or any `--preset` in `presets.CHECKPOINTS`, or the tiny configs) with
+     random weights once and caches the files under `--workdir` (default
+     ~/.cache/audiogen_jax_bench/<medium|preset|tiny>): the LM as the release
+     stores it (fp16 `state_dict.bin`, audiocraft's export format), `compression_state_dict.bin`,
+     and a Hugging Face T5 directory (`tests/refmodels.py`). Then `convert_weights.py` converts
+     them to a float32 and a bfloat16 directory. Reruns start here in seconds.
   2. Measures this machine's read bandwidth: a numpy `sum` over a 2 GiB float32 array, best of 5.
-  3. Runs each implementation and dtype in its own child process (so peak RSS is per implementation):
-     the reference `AudioGen` built from those same files (`tests/refmodels.reference_audiogen`; its bf16 is
-     `lm.to(torch.bfloat16)`), and `audiogen_jax.AudioGen.from_pretrained(converted dir)` (its int8, an
-     opt-in the reference does not have, quantizes the bfloat16 directory on loading). Both generate the
-     same duration for the same descriptions with sampling, top-k 250 (at most the codebook size), top-p 0,
+  3. Runs each implementation and dtype in its own child process (so peak RSS is per
+     implementation): the reference `AudioGen` built from those same files
+     (`tests/refmodels.reference_audiogen`; its bf16 is `lm.to(torch.bfloat16)`), and
+     `audiogen_jax.AudioGen.from_pretrained(converted dir)` (its int8, an opt-in the reference
+     does not have, quantizes the bfloat16 directory on loading). Both generate the same duration
+     for the same descriptions with sampling, top-k 250 (at most the codebook size), top-p 0,
      temperature 1, CFG 3.0.
   4. Prints a table and optionally writes everything to `--json`.
 
 Timing method:
-  - s/step: both implementations report every decoding step through their progress mechanism (audiocraft's
-    `set_custom_progress_callback`; audiogen-jax's `jax.debug.callback` in the scan, see generate.py). A
-    step's time is the gap between consecutive reports; the table shows the median over the steps after the
-    first (the first also holds the text encoder and setup). 1 s of audio = 50 frames = 53 steps.
-  - Warm-up: audiogen-jax runs the whole generation once first; that run minus the timed run is the
-    compile time ("compile", jit compilation + tracing of the whole program: T5, the LM scan, EnCodec).
-    The reference first runs a short generation (2 frames) to warm torch up.
+  - s/step: both implementations report every decoding step through their progress mechanism
+    (audiocraft's `set_custom_progress_callback`; audiogen-jax's `jax.debug.callback` in the scan,
+    see generate.py). A step's time is the gap between consecutive reports; the table shows the
+    median over the steps after the first (the first also holds the text encoder and setup).
+    1 s of audio = 50 frames = 53 steps.
+  - Warm-up: audiogen-jax runs the whole generation once first; that run minus the timed run is
+    the compile time ("compile", jit compilation + tracing of the whole program: T5, the LM scan,
+    EnCodec). The reference first runs a short generation (2 frames) to warm torch up.
   - total: wall time of the timed `generate` call (text -> audio, EnCodec decode included).
-  - peak RSS: the child's VmHWM over its whole life (weights loading included); run RSS: the high-water
-    mark during the timed generation only (reset just before it with `clear_refs` 5, as reference-setup.md
-    §5 measured the reference); weights: the bytes of every weight the child holds (LM in its dtype, T5
-    and EnCodec in float32).
-  - floor: the weight bytes one step must read divided by the measured bandwidth. The reference reads
-    every LM weight but the embedding tables each step (it recomputes the text's cross-attention keys/values
-    every step); audiogen-jax computes those once, so its floor leaves out the cross-attention k/v
-    projections. "x floor" is s/step divided by that floor.
+  - peak RSS: the child's VmHWM over its whole life (weights loading included); run RSS: the
+    high-water mark during the timed generation only (reset just before it with `clear_refs` 5,
+    as reference-setup.md §5 measured the reference); weights: the bytes of every weight the
+    child holds (LM in its dtype, T5 and EnCodec in float32).
+  - floor: the weight bytes one step must read divided by the measured bandwidth. The reference
+    reads every LM weight but the embedding tables each step (it recomputes the text's
+    cross-attention keys/values every step); audiogen-jax computes those once, so its floor
+    leaves out the cross-attention k/v projections. "x floor" is s/step divided by that floor.
   The load average is recorded before each child: other work on the machine slows both sides.
 """
 
@@ -43,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import statistics
@@ -66,16 +71,24 @@ DTYPES = ("float32", "bfloat16", "int8")  # int8: audiogen-jax only (an opt-in b
 GIB = 2**30
 
 
-def default_workdir(tiny: bool) -> str:
-    return os.path.join(
-        os.path.expanduser("~"), ".cache", "audiogen_jax_bench", "tiny" if tiny else "medium"
-    )
+DEFAULT_PRESET = "facebook/audiogen-medium"
 
 
-def bundle_for(tiny: bool):
+def default_workdir(tiny: bool, preset: str = DEFAULT_PRESET) -> str:
+    name = "tiny" if tiny else ("medium" if preset == DEFAULT_PRESET else preset.split("/")[-1])
+    return os.path.join(os.path.expanduser("~"), ".cache", "audiogen_jax_bench", name)
+
+
+def bundle_for(tiny: bool, preset: str = DEFAULT_PRESET):
+    """The configs to build: the tiny ones, or a released checkpoint's (`presets.CHECKPOINTS`)."""
     from refmodels import Bundle
 
-    return Bundle.tiny() if tiny else Bundle.medium()
+    from audiogen_jax.presets import CHECKPOINTS
+
+    if tiny:
+        return Bundle.tiny()
+    c = CHECKPOINTS[preset]
+    return Bundle(c.codec, c.t5, c.lm, c.t5_name)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -101,7 +114,9 @@ def life_peak_rss_gib() -> float:
 
 
 def reset_peak_rss() -> None:
-    """Resets VmHWM to the current RSS (Linux: /proc/self/clear_refs, value 5); the life peak is kept.
+    """Resets VmHWM to the current RSS (Linux: /proc/self/clear_refs, value 5).
+
+    The life peak is kept.
 
     This also resets the child's `ru_maxrss`, so the parent cannot use that for the life peak.
     """
@@ -129,7 +144,10 @@ def read_bandwidth_gbs(nbytes: int, repeats: int = 5) -> float:
 
 
 def device_bandwidth_gbs(nbytes: int, repeats: int = 5) -> float:
-    """Best-of-`repeats` jitted sum over a float32 array on JAX's default device (GPU memory bandwidth)."""
+    """Best-of-`repeats` jitted sum over a float32 array on JAX's default device.
+
+    On a GPU this is the device memory bandwidth.
+    """
     import jax
     import jax.numpy as jnp
 
@@ -160,7 +178,7 @@ def weight_bytes_per_step(cfg, itemsize: int, cross_kv_cached: bool) -> int:
 
 
 def step_stats(start: float, stamps: list[float]) -> dict:
-    deltas = [b - a for a, b in zip([start] + stamps[:-1], stamps)]
+    deltas = [b - a for a, b in itertools.pairwise([start, *stamps])]
     steady = deltas[1:] or deltas
     return {
         "steps": len(stamps),
@@ -306,7 +324,7 @@ def run_jax(args, directory, bundle) -> dict:
 def child_main(args) -> None:
     from refmodels import write_checkpoints
 
-    bundle = bundle_for(args.tiny)
+    bundle = bundle_for(args.tiny, args.preset)
     if args.child == "prepare":
         write_checkpoints(os.path.join(args.workdir, "src"), bundle)
         return
@@ -341,6 +359,8 @@ def run_child(args, impl: str, dtype: str | None, result_path: str) -> dict:
         *map(str, args.batch),
         "--reference-device",
         args.reference_device,
+        "--preset",
+        args.preset,
     ]
     if dtype:
         cmd += ["--dtype", dtype]
@@ -378,13 +398,21 @@ def weights_gib(directory: str) -> float:
 
 
 def table(report: dict) -> str:
-    """The side-by-side markdown table (ratios: s/step over the reference's, the floor's, batch 1's)."""
+    """The side-by-side markdown table.
+
+    Ratios: s/step over the reference's (same dtype and fp32), over the floor, over batch 1's.
+    """
     rows = report["results"]
     step = {
         (r["impl"], r["dtype"], run["batch"]): run["s_per_step"] for r in rows for run in r["runs"]
     }
-    fmt = lambda x, p=3: "-" if x is None else f"{x:.{p}g}"
-    ratio = lambda a, b: fmt(a / b) if a and b else "-"
+
+    def fmt(x, p=3):
+        return "-" if x is None else f"{x:.{p}g}"
+
+    def ratio(a, b):
+        return fmt(a / b) if a and b else "-"
+
     head = [
         "impl",
         "dtype",
@@ -403,15 +431,22 @@ def table(report: dict) -> str:
     for r in rows:
         for run in r["runs"]:
             s, b = run["s_per_step"], run["batch"]
+            ref = step.get(("reference", r["dtype"], b))
+            ref_fp32 = step.get(("reference", "float32", b))
+            b1 = step.get((r["impl"], r["dtype"], 1))
             lines.append([
-                "reference" if r["impl"] == "reference" else "audiogen-jax", r["dtype"], str(b), fmt(s),
-                ratio(s, step.get(("reference", r["dtype"], b))), ratio(s, step.get(("reference", "float32", b))),
-                ratio(s, step.get((r["impl"], r["dtype"], 1))), fmt(run["floor_s"]), ratio(s, run["floor_s"]),
-                fmt(run["total_s"]), fmt(run.get("compile_s")), f"{r['peak_rss_gib']:.2f}",
-                f"{run['run_peak_rss_gib']:.2f}", f"{r['weights_gib']:.2f}", f"{run['load_avg']:.1f}",
+                "reference" if r["impl"] == "reference" else "audiogen-jax", r["dtype"], str(b),
+                fmt(s), ratio(s, ref), ratio(s, ref_fp32), ratio(s, b1),
+                fmt(run["floor_s"]), ratio(s, run["floor_s"]), fmt(run["total_s"]),
+                fmt(run.get("compile_s")), f"{r['peak_rss_gib']:.2f}",
+                f"{run['run_peak_rss_gib']:.2f}", f"{r['weights_gib']:.2f}",
+                f"{run['load_avg']:.1f}",
             ])  # fmt: skip
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    out = ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |" for line in lines]
+    out = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |"
+        for line in lines
+    ]
     out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(out)
 
@@ -432,6 +467,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--tiny", action="store_true", help="tiny configs (seconds; for the smoke test)"
     )
+    from audiogen_jax.presets import CHECKPOINTS
+
+    ap.add_argument(
+        "--preset",
+        default=DEFAULT_PRESET,
+        choices=sorted(CHECKPOINTS),
+        help=f"the released checkpoint whose configs to build (default {DEFAULT_PRESET})",
+    )
     ap.add_argument("--workdir", help="where the random checkpoints and conversions are cached")
     ap.add_argument(
         "--bandwidth-gib", type=float, default=None, help="size of the bandwidth probe array"
@@ -450,17 +493,20 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--batch values must be in [1, {len(DESCRIPTIONS)}]")
     if args.duration <= 0:
         ap.error("--duration must be > 0")
-    args.workdir = os.path.abspath(os.path.expanduser(args.workdir or default_workdir(args.tiny)))
+    args.workdir = os.path.abspath(
+        os.path.expanduser(args.workdir or default_workdir(args.tiny, args.preset))
+    )
     if args.child:
         child_main(args)
         return 0
 
     from refmodels import convert, write_checkpoints
 
-    bundle = bundle_for(args.tiny)
+    bundle = bundle_for(args.tiny, args.preset)
     t0 = time.perf_counter()
     subprocess.run(
         [sys.executable, os.path.abspath(__file__), "--child", "prepare", "--workdir", args.workdir]
+        + ["--preset", args.preset]
         + (["--tiny"] if args.tiny else []),
         check=True,
         cwd=REPO,
@@ -488,6 +534,7 @@ def main(argv: list[str] | None = None) -> int:
         "bandwidth_gbs": bandwidth,
         "prepare_s": prepare_s,
         "tiny": args.tiny,
+        "preset": None if args.tiny else args.preset,
         "cpu_count": os.cpu_count(),
         "jax": jax.__version__,
         "backend": jax.default_backend(),

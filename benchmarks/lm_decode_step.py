@@ -1,9 +1,10 @@
-"""Time one LM decode step (S=1 against a preallocated cache) for each weight dtype and kernel layout.
+"""Time one LM decode step (S=1 against a preallocated cache) per weight dtype and kernel layout.
 
-    .venv/bin/python benchmarks/lm_decode_step.py [--layers 8] [--batch 2] [--cache 300] [--repeats 10]
+    python benchmarks/lm_decode_step.py [--layers 8] [--batch 2] [--cache 300] [--repeats 10]
 
-Medium widths (D 1536, F 6144, 24 heads, V 2048, K 4) with a reduced number of layers and random weights.
-Reports the median seconds per step and the weight bytes streamed per second (all weights but the embeddings).
+Medium widths (D 1536, F 6144, 24 heads, V 2048, K 4) with a reduced number of layers and random
+weights. Reports the median seconds per step and the weight bytes streamed per second (all weights
+but the embeddings).
 """
 
 from __future__ import annotations

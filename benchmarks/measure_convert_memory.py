@@ -1,13 +1,14 @@
-"""Peak memory of the LM converter on a full-size (1,839,131,136-parameter) random AudioGen-medium checkpoint.
+"""Peak memory of the LM converter on a full-size random AudioGen-medium checkpoint.
 
-    .venv/bin/python benchmarks/measure_convert_memory.py --workdir /tmp/lmconv [--dtype float32|bfloat16]
-        [--keep] [--load]
+    .venv/bin/python benchmarks/measure_convert_memory.py --workdir /tmp/lmconv
+        [--dtype float32|bfloat16] [--keep] [--load]
 
-Steps: (1) write a random fp16 `state_dict.bin` in audiocraft's export format (keys and shapes from
-`audiocraft_lm_shapes`, which tests/test_lm.py checks against a real `LMModel` at tiny size); (2) run
-`convert_weights.py --lm` in a child process and sample its memory (VmHWM, RssAnon, RssFile);
-(3) optionally (`--load`) load the result with `LMModel.from_pretrained` in another child and report its time and
-peak RSS. The multi-GB files are deleted at the end unless `--keep`.
+Steps: (1) write a random fp16 `state_dict.bin` of 1,839,131,136 parameters in audiocraft's export
+format (keys and shapes from `audiocraft_lm_shapes`, which tests/test_lm.py checks against a real
+`LMModel` at tiny size); (2) run `convert_weights.py --lm` in a child process and sample its memory
+(VmHWM, RssAnon, RssFile); (3) optionally (`--load`) load the result with `LMModel.from_pretrained`
+in another child and report its time and peak RSS. The multi-GB files are deleted at the end
+unless `--keep`.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from audiogen_jax.config import LMConfig
+# After the sys.path line above: the script runs from a checkout without installing the package.
+from audiogen_jax.config import LMConfig  # noqa: E402
 
 
 def audiocraft_lm_shapes(cfg: LMConfig) -> dict[str, tuple[int, ...]]:
-    """The key -> shape table of audiocraft's LM `state_dict()` (with the T5 output_proj) for `cfg`."""
+    """The key -> shape table of audiocraft's LM `state_dict()` for `cfg` (T5 output_proj too)."""
     D, F, V = cfg.dim, cfg.ffn_dim, cfg.card
     shapes: dict[str, tuple[int, ...]] = {
         "condition_provider.conditioners.description.output_proj.weight": (D, cfg.condition_dim),
@@ -73,10 +75,9 @@ def write_random_checkpoint(path: str, cfg: LMConfig, t5_name: str = "t5-large")
 def run_child(code: str) -> tuple[float, dict[str, float], str]:
     """Runs python code in a child; returns (seconds, peak memory GiB of that child, stdout).
 
-    Peaks, sampled from /proc/PID/status every 50 ms: `hwm` (VmHWM, the peak of all resident pages), `anon`
-    (RssAnon: the
-    process's own heap, what it really holds) and `file` (RssFile: pages of files it maps, e.g. safetensors'
-    mmap, which the kernel can drop).
+    Peaks, sampled from /proc/PID/status every 50 ms: `hwm` (VmHWM, the peak of all resident
+    pages), `anon` (RssAnon: the process's own heap, what it really holds) and `file` (RssFile:
+    pages of files it maps, e.g. safetensors' mmap, which the kernel can drop).
     """
     t0 = time.perf_counter()
     proc = subprocess.Popen(
@@ -124,12 +125,12 @@ def main() -> None:
     if not os.path.exists(src):
         t0 = time.perf_counter()
         n = write_random_checkpoint(src, cfg)
-        print(
-            f"wrote {src}: {n:,} params, {os.path.getsize(src) / 1e9:.2f} GB, {time.perf_counter() - t0:.0f} s"
-        )
+        gb, dt = os.path.getsize(src) / 1e9, time.perf_counter() - t0
+        print(f"wrote {src}: {n:,} params, {gb:.2f} GB, {dt:.0f} s")
     dt, peak, _ = run_child(
         "from audiogen_jax import cli; import sys; "
-        f"sys.exit(cli.convert_main(['--lm', {src!r}, '--dtype', {args.dtype!r}, '--out', {out!r}]))"
+        f"sys.exit(cli.convert_main(['--lm', {src!r}, '--dtype', {args.dtype!r}, "
+        f"'--out', {out!r}]))"
     )
     size = os.path.getsize(os.path.join(out, "lm.safetensors")) / 2**30
     print(
@@ -139,12 +140,13 @@ def main() -> None:
     if args.load:
         dt, peak, stdout = run_child(
             "import time; t0 = time.perf_counter(); from audiogen_jax.lm import LMModel; "
-            f"m = LMModel.from_pretrained({out!r}); import jax; jax.block_until_ready(jax.tree.leaves(m)); "
+            f"m = LMModel.from_pretrained({out!r}); "
+            "import jax; jax.block_until_ready(jax.tree.leaves(m)); "
             "print(f'{time.perf_counter() - t0:.1f}')"
         )
         print(
-            f"from_pretrained {args.dtype}: {stdout.strip()} s in-process ({dt:.1f} s with interpreter start), "
-            f"peak RSS {_fmt(peak)}"
+            f"from_pretrained {args.dtype}: {stdout.strip()} s in-process "
+            f"({dt:.1f} s with interpreter start), peak RSS {_fmt(peak)}"
         )
     if not args.keep:
         shutil.rmtree(args.workdir)

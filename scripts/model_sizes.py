@@ -1,7 +1,9 @@
 """Parameters, bytes and cache sizes of a model, computed from its configs (nothing is allocated).
 
     python scripts/model_sizes.py             # AudioGen-medium (the configs' medium presets)
+    python scripts/model_sizes.py facebook/musicgen-small   # a released checkpoint's configs
     python scripts/model_sizes.py DIR         # a converted directory's own configs
+    python scripts/model_sizes.py --family    # every released checkpoint side by side (Markdown)
 
 Every module is built with `nnx.eval_shape`, so its parameters are shapes and dtypes only; the
 counts and byte sizes below are sums over those. This is what docs/hardware.md's computed rows come
@@ -22,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from audiogen_jax import presets
 from audiogen_jax.config import EncodecConfig, LMConfig, T5Config
 from audiogen_jax.encodec import EncodecModel
 from audiogen_jax.lm import LMModel
@@ -81,6 +84,9 @@ def t5_decoder_params(cfg: T5Config) -> int:
 def configs(directory: str | None) -> tuple[EncodecConfig, T5Config, LMConfig]:
     if directory is None:
         return EncodecConfig.medium(), T5Config.large(), LMConfig.medium()
+    if directory in presets.CHECKPOINTS:
+        c = presets.CHECKPOINTS[directory]
+        return c.codec, c.t5, c.lm
     from audiogen_jax import checkpoint
 
     return (
@@ -90,10 +96,64 @@ def configs(directory: str | None) -> tuple[EncodecConfig, T5Config, LMConfig]:
     )
 
 
+def family_table() -> str:
+    """The released checkpoints side by side, as a Markdown table."""
+    rows = []
+    for c in presets.CHECKPOINTS.values():
+        lm, codec = c.lm, c.codec
+        n_lm = lm_total(count, lm, jnp.float32)
+        n_t5 = count(lambda c=c: T5EncoderModel(c.t5, rngs=nnx.Rngs(0)))
+        n_codec = count(lambda c=c: EncodecModel(c.codec, rngs=nnx.Rngs(0)))
+        n_proj = c.t5.d_model * lm.dim + lm.dim
+        channels = "2 (interleaved)" if lm.interleave_stereo else "1"
+        rows.append(
+            [
+                f"`{c.name}`",
+                f"{codec.sample_rate // 1000} kHz, hop {codec.hop_length}, {codec.frame_rate} Hz",
+                channels,
+                f"{lm.n_q} x {lm.card}",
+                str(list(lm.delays)).replace(" ", ""),
+                f"{lm.dim} / {lm.num_heads} / {lm.num_layers}",
+                f"{c.t5_name} ({c.t5.d_model} x {c.t5.num_layers})",
+                f"{lm.max_duration:g} s",
+                f"{lm.duration:g} s / {lm.extend_stride:g} s",
+                f"{n_lm + n_proj:,}",
+                f"{n_t5:,}",
+                f"{n_codec:,}",
+                f"{n_lm + n_proj + n_t5 + n_codec:,}",
+            ]
+        )
+    head = [
+        "checkpoint",
+        "codec",
+        "channels",
+        "streams K x V",
+        "delays",
+        "LM D / heads / layers",
+        "text encoder",
+        "window",
+        "default duration / stride",
+        "LM params (+ output_proj)",
+        "T5 encoder params",
+        "EnCodec params",
+        "total",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("directory", nargs="?", help="a converted directory (default: medium)")
+    parser.add_argument(
+        "directory", nargs="?", help="a converted directory or a hub id (default: medium)"
+    )
+    parser.add_argument(
+        "--family", action="store_true", help="every released checkpoint side by side"
+    )
     args = parser.parse_args(argv)
+    if args.family:
+        print(family_table())
+        return 0
     codec_cfg, t5_cfg, lm_cfg = configs(args.directory)
 
     def t5():

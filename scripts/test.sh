@@ -21,4 +21,8 @@ rm -f "$SP"/torchaudio/lib/*.so
 # audiocraft's audio_write shells out to `ffmpeg`; imageio-ffmpeg ships a static binary.
 ln -sf "$(.venv/bin/python -c 'import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())')" .venv/bin/ffmpeg
 export PATH="$PWD/.venv/bin:$PATH"
+# Style gate before the (long) suite: ruff is pinned in scripts/constraints.txt, so CI cannot drift.
+lint_failed() { echo "scripts/test.sh: $1 failed (files listed above); $2. Tests not run." >&2; exit 1; }
+.venv/bin/ruff format --check . || lint_failed "ruff format --check" "run .venv/bin/ruff format FILES"
+.venv/bin/ruff check . || lint_failed "ruff check" "fix the lines it names (see CONTRIBUTING.md)"
 exec .venv/bin/python -m pytest "$@"

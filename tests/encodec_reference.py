@@ -1,8 +1,9 @@
-"""Builds the PyTorch reference EnCodec (audiocraft 1.3.0) with random weights, and its real export file.
+"""Builds the reference EnCodec (audiocraft 1.3.0) with random weights, and its real export file.
 
-Shared by tests/test_encodec.py and benchmarks/bench_encodec.py. The reference is built from explicit
-constructor arguments (the PyPI audiocraft has no Hydra config folder), with the same values the
-checkpoint's `xp.cfg` YAML states, so the converter reads the config exactly as it would read a release.
+Shared by tests/test_encodec.py and benchmarks/bench_encodec.py. The reference is built from
+explicit constructor arguments (the PyPI audiocraft has no Hydra config folder), with the same
+values the checkpoint's `xp.cfg` YAML states, so the converter reads the config exactly as it
+would read a release.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import os
 
 from audiogen_jax.config import EncodecConfig
 
-# The YAML audiocraft exports is the whole training config, unresolved. This keeps the interpolations a
-# converter must follow (`${sample_rate}`, `${channels}`, `${encodec.causal}`) and one it must never touch.
+# The YAML audiocraft exports is the whole training config, unresolved. This keeps the
+# interpolations a converter must follow (`${sample_rate}`, `${channels}`, `${encodec.causal}`)
+# and one it must never touch.
 _XP_CFG = """\
 device: cpu
 dtype: float32
@@ -85,18 +87,21 @@ def build_reference(
     """A random-weight audiocraft `EncodecModel` for `cfg`, in eval mode.
 
     Weight norm is on (as in the release) and every `weight_g` is scaled by a random factor, so the
-    effective weights differ from `weight_v` and the converter's fold is really exercised; biases are
-    random too. The factor is U[0.5, 1.5), times sqrt(3) in the encoder: torch's default init,
+    effective weights differ from `weight_v` and the converter's fold is really exercised; biases
+    are random too. The factor is U[0.5, 1.5), times sqrt(3) in the encoder: torch's default init,
     U(+-1/sqrt(fan_in)), has variance 1/(3 fan_in) and shrinks the signal by ~sqrt(3) per conv, so
     after a dozen convs the input would be lost under the biases, and float32 rounding would be a
     large share of what distinguishes one latent from another; with sqrt(3) each encoder conv keeps
     the signal's scale, as a trained codec does. (The decoder keeps the plain factor: its output is
-    compared as floats, and the generation tests' audio tolerances were measured on it.) A fresh k-means RVQ is all zeros with `inited=0`, so the codebooks are filled the way
-    k-means starts: stage by stage, with random frames of the residual the previous stages leave on a
-    probe signal (noise and tones), plus Gaussian jitter of `jitter` times the residual's spread per
+    compared as floats, and the generation tests' audio tolerances were measured on it.)
+
+    A fresh k-means RVQ is all zeros with `inited=0`, so the codebooks are filled the way k-means
+    starts: stage by stage, with random frames of the residual the previous stages leave on a probe
+    signal (noise and tones), plus Gaussian jitter of `jitter` times the residual's spread per
     dimension (frames drawn without repeats where the probe has enough; codewords checked to be
-    distinct). The latents are first centred on the probe's mean. Codes then spread over the codebook
-    and each stage removes energy, as in a trained codec, and no choice is a near-tie (`top2_gaps`).
+    distinct). The latents are first centred on the probe's mean. Codes then spread over the
+    codebook and each stage removes energy, as in a trained codec, and no choice is a near-tie
+    (`top2_gaps`).
     """
     import torch
     from audiocraft.models.encodec import EncodecModel
@@ -216,3 +221,58 @@ def top2_gaps(model, wav):
             gaps.append((top2.values[:, 1] - top2.values[:, 0]) / scale)
             residual = residual - E[dist.argmin(1)]
     return torch.stack(gaps, 1).reshape(B, T, -1).transpose(1, 2).numpy()
+
+
+def save_transformers(model, cfg: EncodecConfig, directory: str | os.PathLike) -> str:
+    """Writes `model` (an audiocraft EnCodec) as a transformers `EncodecModel` directory
+    (`save_pretrained`: config.json + model.safetensors), the format of facebook/encodec_32khz.
+
+    The two are the same SEANet under other names, so the state dict is renamed, not converted:
+    `X.model.i` -> `X.layers.i`, `conv.conv` / `convtr.convtr` -> `conv`, weight norm's g and v ->
+    the parametrisation's `original0` / `original1`, `quantizer.vq.layers.q._codebook` ->
+    `quantizer.layers.q.codebook`. The target bandwidth is the one that selects all `n_q`
+    codebooks.
+    """
+    import re
+
+    import transformers
+
+    if cfg.final_activation is not None or cfg.elu_alpha != 1.0:
+        raise ValueError("transformers' EnCodec has no final activation and ELU alpha 1")
+    hf_cfg = transformers.EncodecConfig(
+        target_bandwidths=[cfg.n_q * cfg.frame_rate * math.log2(cfg.bins) / 1000],
+        sampling_rate=cfg.sample_rate,
+        audio_channels=cfg.channels,
+        normalize=False,
+        hidden_size=cfg.dimension,
+        num_filters=cfg.n_filters,
+        num_residual_layers=cfg.n_residual_layers,
+        upsampling_ratios=list(cfg.ratios),
+        kernel_size=cfg.kernel_size,
+        last_kernel_size=cfg.last_kernel_size,
+        residual_kernel_size=cfg.residual_kernel_size,
+        dilation_growth_rate=cfg.dilation_base,
+        use_causal_conv=cfg.causal,
+        pad_mode=cfg.pad_mode,
+        compress=cfg.compress,
+        num_lstm_layers=cfg.lstm,
+        trim_right_ratio=cfg.trim_right_ratio,
+        codebook_size=cfg.bins,
+        use_conv_shortcut=not cfg.true_skip,
+    )
+    hf = transformers.EncodecModel(hf_cfg)
+    renames = [
+        (r"^(encoder|decoder)\.model\.", r"\1.layers."),
+        (r"\.(conv\.conv|convtr\.convtr)\.", ".conv."),
+        (r"\.weight_g$", ".parametrizations.weight.original0"),
+        (r"\.weight_v$", ".parametrizations.weight.original1"),
+        (r"^quantizer\.vq\.layers\.(\d+)\._codebook\.", r"quantizer.layers.\1.codebook."),
+    ]
+    state = {}
+    for key, value in model.state_dict().items():
+        for pattern, repl in renames:
+            key = re.sub(pattern, repl, key)
+        state[key] = value
+    hf.load_state_dict(state, strict=True)
+    hf.eval().save_pretrained(directory)
+    return os.fspath(directory)

@@ -8,11 +8,14 @@ import os
 def save_audiocraft_package(
     path: str | os.PathLike, state_dict, cfg_yaml: str, half: bool = False
 ) -> None:
-    """Writes {'best_state', 'xp.cfg', 'version', 'exported'} with torch.save, as audiocraft's export does.
+    """Writes a checkpoint package with torch.save, as audiocraft's export does.
+
+    The package is the dict {'best_state', 'xp.cfg', 'version', 'exported'}.
 
     Args:
       state_dict: the reference model's state dict (tensors).
-      cfg_yaml: the training config as a YAML string (interpolations may stay unresolved, as in the release).
+      cfg_yaml: the training config as a YAML string (interpolations may stay unresolved, as in
+        the release).
       half: store floating tensors as float16 (the released LM `state_dict.bin` is fp16).
     """
     import torch

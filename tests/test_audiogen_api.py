@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from audiogen_jax import audiogen as api
-from audiogen_jax import checkpoint, lm_params
+from audiogen_jax import checkpoint, hub, lm_params
 from audiogen_jax.audiogen import AudioGen
 from audiogen_jax.checkpoint import CheckpointError
 
@@ -108,6 +108,22 @@ def test_bad_counts_and_seeds(model):
             model.generate_unconditional(n)
     with pytest.raises(ValueError, match="seed must be an int"):
         model.generate(["a"], seed="zero")
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[-2\*\*63, 2\*\*64\)"):
+        model.generate(["a"], seed=2**64)
+
+
+def test_seeds_beyond_32_bits_and_non_finite_logits(model):
+    # The same batch and duration as test_properties_and_output: the compiled program is reused.
+    model.set_generation_params(duration=1.0)
+    texts = ["dog barking", "a cat"]
+    wavs = [model.generate(texts, seed=s) for s in (0, 2**32, -(2**63))]
+    assert not np.array_equal(wavs[0], wavs[1]) and not np.array_equal(wavs[0], wavs[2])
+    assert not np.array_equal(wavs[1], wavs[2])
+    # Guidance this strong overflows float32: reported, not turned into codes.
+    model.set_generation_params(duration=1.0, cfg_coef=3e38)
+    with pytest.raises(FloatingPointError, match="NaN or infinite logits"):
+        model.generate(texts, seed=0)
+    model.set_generation_params(duration=1.0)
 
 
 def test_continuation(model):
@@ -165,12 +181,27 @@ def test_corrupt_converted_directory(model, tmp_path):
     shutil.copytree(model.directory, directory)
     with open(directory / "lm.safetensors", "r+b") as f:
         f.truncate(100)
+    with pytest.raises(CheckpointError, match="lm.safetensors has 100 bytes, the manifest says"):
+        AudioGen.from_pretrained(str(directory))
+    # Sealed again (as if the manifest had been rewritten): the reader's own check still refuses.
+    checkpoint.write_manifest(directory)
     with pytest.raises(CheckpointError, match="incomplete or corrupt"):
         AudioGen.from_pretrained(str(directory))
 
 
 # --------------------------------------------------------------------------------------------------
 # The hub path, with no network: huggingface_hub serves locally written release-format files.
+
+
+def _names(directory) -> list[str]:
+    """A directory's entries, without the lock files writers leave beside their outputs."""
+    return sorted(n for n in os.listdir(directory) if not n.endswith(".lock"))
+
+
+@pytest.fixture
+def hub_reachable(monkeypatch):
+    """The hub counts as reachable: FakeHub answers, whatever this machine's network."""
+    monkeypatch.setattr(hub, "unreachable_reason", lambda *a, **k: None)
 
 
 class FakeHub:
@@ -204,7 +235,10 @@ def release_files(reference, tmp_path_factory):
     return files, bundle.t5_name
 
 
-def test_hub_download_converts_once_then_uses_the_cache(release_files, tmp_path, monkeypatch):
+@pytest.mark.parity
+def test_hub_download_converts_once_then_uses_the_cache(
+    release_files, tmp_path, monkeypatch, hub_reachable
+):
     import huggingface_hub
 
     files, t5_name = release_files
@@ -221,9 +255,7 @@ def test_hub_download_converts_once_then_uses_the_cache(release_files, tmp_path,
     cached = tmp_path / "cache" / "facebook--audiogen-medium"
     assert os.path.isfile(cached / "config.json") and len(conversions) == 1
     assert (api.DEFAULT_MODEL, api.LM_FILE) in hub.calls and (t5_name, "spiece.model") in hub.calls
-    assert sorted(os.listdir(tmp_path / "cache")) == [
-        "facebook--audiogen-medium"
-    ]  # no partial left
+    assert _names(tmp_path / "cache") == ["facebook--audiogen-medium"]  # no partial left
 
     hub.calls.clear()
     second = AudioGen.from_pretrained(api.DEFAULT_MODEL)
@@ -240,14 +272,17 @@ def test_hub_download_converts_once_then_uses_the_cache(release_files, tmp_path,
     assert len(conversions) == 2 and checkpoint.read_config(cached)["version"] == checkpoint.VERSION
 
 
+@pytest.mark.parity
 def test_hub_offline_and_corrupt(release_files, tmp_path, monkeypatch):
     import huggingface_hub
 
     files, t5_name = release_files
     monkeypatch.setenv("AUDIOGEN_JAX_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", FakeHub({}))
+    monkeypatch.setattr(hub, "unreachable_reason", lambda *a, **k: "no network in this test")
     with pytest.raises(CheckpointError, match="could not download .*offline.*audiogen-jax convert"):
         AudioGen.from_pretrained(api.DEFAULT_MODEL)
+    monkeypatch.setattr(hub, "unreachable_reason", lambda *a, **k: None)
 
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
@@ -261,4 +296,4 @@ def test_hub_offline_and_corrupt(release_files, tmp_path, monkeypatch):
     )
     with pytest.raises(CheckpointError, match="(?s)could not be converted.*corrupt download"):
         AudioGen.from_pretrained(api.DEFAULT_MODEL)
-    assert not os.path.exists(tmp_path / "cache") or os.listdir(tmp_path / "cache") == []
+    assert not os.path.exists(tmp_path / "cache") or _names(tmp_path / "cache") == []

@@ -11,9 +11,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.parity
 def test_bench_encodec_tiny(reference, tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(

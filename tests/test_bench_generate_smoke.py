@@ -1,8 +1,9 @@
 """Smoke test of benchmarks/bench_generate.py on the tiny configs, so the benchmark cannot rot.
 
-It runs the script as a user does (a subprocess, from an empty work directory: random checkpoints written
-in the release formats, converted by convert_weights.py, reference and audiogen-jax each in a child process)
-and checks the report's structure and contents. No timing is asserted: only that every measurement exists.
+It runs the script as a user does (a subprocess, from an empty work directory: random checkpoints
+written in the release formats, converted by convert_weights.py, reference and audiogen-jax each in
+a child process) and checks the report's structure and contents. No timing is asserted: only that
+every measurement exists.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.parity
 def test_bench_generate_tiny(reference, tmp_path):
     out = tmp_path / "bench.json"
     duration = 0.2  # 10 frames at 50 Hz -> 13 decoding steps with delays [0, 1, 2, 3]

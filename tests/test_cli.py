@@ -121,7 +121,8 @@ def test_continue_flac_greedy_and_progress(cache, tmp_path, capsys):
     )
     captured = capsys.readouterr()
     assert rc == 0, captured.err
-    assert "generating" in captured.err  # the tqdm bar
+    # The tqdm bar: compilation shown apart from the steps, whose clock starts at the first one.
+    assert "generating (compiling)" in captured.err and "generating:" in captured.err
     (path,) = captured.out.split()
     info = soundfile.info(path)
     assert path.endswith("00_footsteps.flac")
@@ -152,28 +153,26 @@ def test_bad_arguments_fail_before_loading(cache, tmp_path, capsys, args, match)
     assert not out.exists()
 
 
-def test_unwritable_output_directory(cache, tmp_path, capsys):
-    blocker = tmp_path / "a_file"
-    blocker.write_text("x")
-    assert run(cache, blocker, "a") == 2
-    assert "not a directory" in capsys.readouterr().err
-    assert run(cache, blocker / "sub", "a") == 2
-    assert "cannot be created" in capsys.readouterr().err
-
-
 @pytest.mark.parametrize(
     "args, match",
     [
-        (
-            ["a", "--top-k", "33", "--duration", "1"],
-            "top_k=33 exceeds the codebook size 32",
-        ),  # the tiny codebooks hold 32
+        (["a", "--top-k", "33", "--duration", "1"], "top_k=33 exceeds the codebook size 32"),
         (["a", "--duration", "0.2", "--continue", "PROMPT"], "shorter than the duration"),
         (["a", "--duration", "1", "--continue", "PROMPT3"], "3 channels"),
         (["a", "--duration", "1", "--continue", "NOTAUDIO"], "not a readable audio file"),
+        (["a", "--extend-stride", "10", "--duration", "12"], "--extend-stride must be in"),
     ],
 )
-def test_bad_input_found_after_loading(cache, tmp_path, capsys, args, match):
+def test_model_dependent_arguments_fail_before_loading(
+    cache, tmp_path, capsys, monkeypatch, args, match
+):
+    # The model's config is read without loading it (tiny codebooks hold 32 codes; 10 s window).
+    from audiogen_jax.audiogen import AudioGen
+
+    def no_loading(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(AudioGen, "from_pretrained", no_loading)
     rng = np.random.default_rng(0)
     soundfile.write(tmp_path / "p.wav", 0.1 * rng.standard_normal(8000), 16000)
     soundfile.write(tmp_path / "p3.wav", 0.1 * rng.standard_normal((4000, 3)), 16000)
@@ -181,9 +180,19 @@ def test_bad_input_found_after_loading(cache, tmp_path, capsys, args, match):
     subs = {"PROMPT": "p.wav", "PROMPT3": "p3.wav", "NOTAUDIO": "bad.wav"}
     args = [str(tmp_path / subs[a]) if a in subs else a for a in args]
     out = tmp_path / "out"
-    assert run(cache, out, *args) == 1
-    assert match in capsys.readouterr().err
-    assert not out.exists() or os.listdir(out) == []
+    assert run(cache, out, *args) == 2
+    err = capsys.readouterr().err
+    assert match in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_unwritable_output_directory(cache, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    assert run(cache, blocker, "a") == 2
+    assert "not a directory" in capsys.readouterr().err
+    assert run(cache, blocker / "sub", "a") == 2
+    assert "cannot be created" in capsys.readouterr().err
 
 
 def test_missing_and_corrupt_checkpoints(tmp_path, capsys):
@@ -197,13 +206,41 @@ def test_missing_and_corrupt_checkpoints(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_console_script_and_convert_usage(tmp_path):
+def test_console_script_help_and_version(tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "audiogen-jax")
     res = subprocess.run([exe, "generate", "--help"], capture_output=True, text=True)
     assert res.returncode == 0 and "--continue" in res.stdout and "tiny-random" in res.stdout
+    # Examples laid out as examples: one command per line, under "examples:".
+    examples = res.stdout.split("examples:\n", 1)[1].splitlines()
+    assert examples[1].startswith("  audiogen-jax generate ")
     res = subprocess.run([exe], capture_output=True, text=True)
     assert res.returncode == 2 and "usage" in res.stderr
+    for flag in ("--help", "-h"):
+        res = subprocess.run([exe, flag], capture_output=True, text=True)
+        assert res.returncode == 0 and res.stderr == ""
+        for command in ("generate", "convert", "train"):  # each with an example
+            assert re.search(rf"(?m)^  {command} .*\n.*e\.g\. audiogen-jax {command} ", res.stdout)
+    res = subprocess.run([exe, "--version"], capture_output=True, text=True)
+    assert res.returncode == 0 and re.fullmatch(r"audiogen-jax \d+\.\d+\.\d+\n", res.stdout)
+
+
+@pytest.mark.parametrize("command", ["convert", "train"])
+def test_command_help_has_examples(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([command, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    lines = out.split("examples:\n", 1)[1].splitlines()
+    assert sum(line.startswith(f"  audiogen-jax {command} ") for line in lines) >= 2
+
+
+def test_convert_usage(tmp_path, capsys):
     assert cli.main(["convert", "--out", str(tmp_path / "x")]) == 2
+    assert "nothing to convert" in capsys.readouterr().err
     assert (
-        cli.main(["convert", "--lm", str(tmp_path / "none.bin"), "--out", str(tmp_path / "x")]) == 1
+        cli.main(["convert", "--lm", str(tmp_path / "none.bin"), "--out", str(tmp_path / "x")]) == 2
     )
+    assert "none.bin: no such file" in capsys.readouterr().err
+    assert cli.main(["convert", "--lm", str(tmp_path / "none.bin"), "--out", ""]) == 2
+    assert "--out is empty" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -173,6 +173,7 @@ def test_tiny_matches_reference(tiny):
     _compare(cfg, ref, model, _signals(cfg, 1, ("noise", "tones"), seed=1))
 
 
+@pytest.mark.parity
 def test_converted_config_and_properties(medium):
     cfg, _, model, _ = medium
     assert model.config == cfg
@@ -181,6 +182,7 @@ def test_converted_config_and_properties(medium):
 
 
 @pytest.mark.parametrize("cfg", TINY_CASES.values(), ids=TINY_CASES)
+@pytest.mark.parity
 def test_frame_rate_is_the_reference_builders_int(reference, cfg):
     # The causal variant's hop (6) does not divide 8000: the reference rounds 1333.3 down.
     from audiocraft.models.builders import get_compression_model
@@ -264,6 +266,7 @@ def _convert_error(tmp_path, state, cfg_yaml) -> str:
     return str(e.value)
 
 
+@pytest.mark.parity
 def test_converter_rejects_lm_checkpoint(reference, tmp_path):
     import torch
 
@@ -275,6 +278,7 @@ def test_converter_rejects_lm_checkpoint(reference, tmp_path):
     assert "not an EnCodec compression checkpoint" in msg and "--lm" in msg
 
 
+@pytest.mark.parity
 def test_converter_rejects_random_file(reference, tmp_path):
     src = tmp_path / "random.bin"
     src.write_bytes(np.random.default_rng(0).bytes(4096))
@@ -283,6 +287,7 @@ def test_converter_rejects_random_file(reference, tmp_path):
     assert convert_main(["--compression", str(src), "--out", str(tmp_path / "out")]) == 1
 
 
+@pytest.mark.parity
 def test_converter_lists_every_config_weight_mismatch(reference, tmp_path):
     # Weights of the tiny codec, config claiming twice the filters and a second LSTM layer.
     wrong = dataclasses.replace(TINY, n_filters=8, lstm=2)
@@ -296,6 +301,7 @@ def test_converter_lists_every_config_weight_mismatch(reference, tmp_path):
     )  # every mis-shaped kernel, not the first
 
 
+@pytest.mark.parity
 def test_converter_rejects_unsupported_settings(reference, tmp_path):
     msg = _convert_error(tmp_path, _tiny_state(reference), xp_cfg_yaml(TINY, renormalize=True))
     assert "renormalize" in msg
@@ -308,6 +314,7 @@ def test_converter_rejects_unsupported_settings(reference, tmp_path):
     assert "GELU" in msg and "time_group_norm" in msg
 
 
+@pytest.mark.parity
 def test_converter_rejects_uninitialised_codebooks(reference, tmp_path):
     state = _tiny_state(reference)
     state["quantizer.vq.layers.2._codebook.inited"].zero_()
@@ -315,6 +322,7 @@ def test_converter_rejects_uninitialised_codebooks(reference, tmp_path):
     assert "never initialised" in msg and "layers.2" in msg
 
 
+@pytest.mark.parity
 def test_converter_output_format(medium, tmp_path):
     _, _, _, src = medium
     convert_compression(src, tmp_path)

@@ -3,19 +3,24 @@ checks, safetensors reading and streaming writes."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
+import struct
+import time
+import tracemalloc
 import zipfile
 
 import numpy as np
 import pytest
+from torch_format import Tensor, archive_bytes, storage_of
 
 from audiogen_jax.io import safetensors
 from audiogen_jax.io.audiocraft import YamlConfig, load_audiocraft_package
 from audiogen_jax.io.errors import ConversionError, FormatError
 from audiogen_jax.io.rules import Rule, as_numpy, convert_state, plan_conversion
-from audiogen_jax.io.torch_pickle import load_torch_checkpoint
+from audiogen_jax.io.torch_pickle import MAX_PICKLE_BYTES, load_torch_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +30,7 @@ def torch(reference):
     return torch
 
 
+@pytest.mark.parity
 def test_restricted_unpickler_reads_tensors_like_torch(tmp_path, torch):
     g = torch.Generator().manual_seed(0)
     base = torch.randn(6, 5, generator=g)
@@ -71,6 +77,7 @@ def test_not_a_checkpoint(tmp_path):
         load_audiocraft_package(tmp_path / "missing.bin", "compression")
 
 
+@pytest.mark.parity
 def test_package_without_best_state(tmp_path, torch):
     p = tmp_path / "plain.bin"
     torch.save({"weight": torch.zeros(2)}, p)
@@ -166,3 +173,286 @@ def test_streaming_writer_round_trip_and_no_partial_file(tmp_path):
     with pytest.raises(FormatError, match="never written"):
         safetensors.write_file(bad, iter([("b", np.ones((2, 3)))]), specs)
     assert not bad.exists() and not (tmp_path / "bad.safetensors.partial").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Crafted torch archives (tests/torch_format.py writes them byte by byte, without torch).
+
+
+def _archive(tmp_path, tensors, storages, name="ckpt.bin", **kw):
+    obj = {"best_state": tensors, "xp.cfg": "a: 1\n", "version": "1.3.0", "exported": True}
+    path = tmp_path / name
+    path.write_bytes(archive_bytes(obj, storages, **kw))
+    return path
+
+
+BASE = np.arange(30, dtype=np.float32)
+VIEWS = {
+    "full": (Tensor("0", 0, (5, 6), (6, 1)), BASE.reshape(5, 6)),
+    "transposed": (Tensor("0", 0, (6, 5), (1, 6)), BASE.reshape(5, 6).T),
+    "slice": (Tensor("0", 12, (2, 6), (6, 1)), BASE[12:24].reshape(2, 6)),
+    "every_other": (
+        Tensor("0", 1, (3, 5), (10, 2)),
+        BASE[1 + 10 * np.arange(3)[:, None] + 2 * np.arange(5)],
+    ),
+    "scalar": (Tensor("0", 7, (), ()), BASE[7]),
+    "empty": (Tensor("0", 0, (0, 3), (3, 1)), np.zeros((0, 3), np.float32)),
+}
+
+
+def test_crafted_archive_reads_views(tmp_path):
+    path = _archive(tmp_path, {k: t for k, (t, _) in VIEWS.items()}, {"0": storage_of(BASE)})
+    pkg = load_audiocraft_package(path, "test")
+    for k, (_, want) in VIEWS.items():
+        np.testing.assert_array_equal(as_numpy(pkg.state[k]), want, err_msg=k)
+
+
+@pytest.mark.parity
+def test_crafted_archive_is_what_torch_writes(tmp_path, torch):
+    """The byte-level writer the crafted and fuzz tests use is faithful: torch loads its archives
+    to the same tensors."""
+    path = _archive(tmp_path, {k: t for k, (t, _) in VIEWS.items()}, {"0": storage_of(BASE)})
+    theirs = torch.load(path, weights_only=True)["best_state"]
+    ours = load_audiocraft_package(path, "test").state
+    for k in VIEWS:
+        np.testing.assert_array_equal(as_numpy(ours[k]), theirs[k].numpy(), err_msg=k)
+
+
+F4 = storage_of(np.arange(4, dtype=np.float32))
+REFUSED = {
+    # name: (tensor, storages, archive options, message)
+    "strides past storage": (
+        Tensor("0", 0, (128, 32), (1, 4096)),
+        {"0": F4},
+        {},
+        # the last element is (128 - 1) * 1 + (32 - 1) * 4096
+        r"tensor best_state\.w: .* reach element 127103, past its storage of 4 elements",
+    ),
+    "offset past storage": (Tensor("0", 4, (1,), (1,)), {"0": F4}, {}, "past its storage"),
+    "negative offset": (Tensor("0", -1, (2,), (1,)), {"0": F4}, {}, "offset -1 is not"),
+    "negative stride": (Tensor("0", 3, (2,), (-1,)), {"0": F4}, {}, r"stride \(-1,\) is not"),
+    "negative size": (Tensor("0", 0, (-2,), (1,)), {"0": F4}, {}, r"size \(-2,\) is not"),
+    "float size": (Tensor("0", 0, (2.0,), (1,)), {"0": F4}, {}, "not a tuple of non-negative"),
+    "bool offset": (Tensor("0", True, (2,), (1,)), {"0": F4}, {}, "offset"),
+    "rank mismatch": (Tensor("0", 0, (2, 2), (1,)), {"0": F4}, {}, "different lengths"),
+    "huge size": (Tensor("0", 0, (2**70,), (1,)), {"0": F4}, {}, "71-bit integer"),
+    "expanded view": (Tensor("0", 0, (10**6,), (0,)), {"0": F4}, {}, "overlapping strides"),
+    "storage size mismatch": (
+        Tensor("0", 0, (2,), (1,)),
+        {"0": dataclasses.replace(F4, numel=5)},
+        {},
+        "holds 16 bytes, but 5 float32 elements need 20",
+    ),
+    "missing member": (
+        Tensor("0", 0, (2,), (1,)),
+        {"0": F4},
+        {"omit": ("0",)},
+        "no archive member",
+    ),
+    "compressed storage": (
+        Tensor("0", 0, (2,), (1,)),
+        {"0": F4},
+        {"compress_storages": True},
+        "compressed",
+    ),
+    "unknown storage type": (
+        Tensor("0", 0, (2,), (1,)),
+        {"0": dataclasses.replace(F4, type_name="QInt8Storage")},
+        {},
+        "refusing to unpickle global torch.QInt8Storage",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED, ids=list(REFUSED))
+def test_crafted_tensors_refused_before_any_read(tmp_path, case):
+    tensor, storages, options, message = REFUSED[case]
+    path = _archive(tmp_path, {"w": tensor}, storages, **options)
+    with pytest.raises(ConversionError, match=message):
+        load_audiocraft_package(path, "test")
+
+
+def test_zip_bomb_data_pkl_refused_within_bounded_memory(tmp_path):
+    bomb = pickle.PROTO + b"\x02" + pickle.BINUNICODE + (2**30).to_bytes(4, "little")
+    bomb += b"a" * (MAX_PICKLE_BYTES + 2**20)  # deflates to a few KB
+    path = _archive(tmp_path, {}, {}, data_pkl=bomb, compress_pickle=True)
+    assert path.stat().st_size < 100_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(ConversionError, match="expands to more than"):
+            load_torch_checkpoint(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * MAX_PICKLE_BYTES, peak
+
+
+@pytest.mark.parametrize(
+    "opcodes",
+    [
+        # a memo of 2^24 entries, 256 MB from 9 bytes (2^28 would take 4 GB)
+        b"N" + pickle.LONG_BINPUT + (2**24 - 1).to_bytes(4, "little"),
+        pickle.BINBYTES8 + (2**40).to_bytes(8, "little") + b"abc",  # a 1 TB buffer
+    ],
+    ids=["memo bomb", "length past the data"],
+)
+def test_pickle_allocation_bombs_refused_before_unpickling(tmp_path, opcodes):
+    path = _archive(tmp_path, {}, {}, data_pkl=pickle.PROTO + b"\x04" + opcodes + pickle.STOP)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ConversionError, match="not a valid checkpoint pickle"):
+            load_torch_checkpoint(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20, peak
+
+
+def test_garbage_and_bit_flipped_archives(tmp_path):
+    rng = np.random.default_rng(0)
+    garbage = rng.bytes(2000)
+    path = _archive(tmp_path, {}, {}, data_pkl=b"\x80\x02" + garbage)
+    with pytest.raises(ConversionError, match="data.pkl is not a valid checkpoint pickle"):
+        load_torch_checkpoint(path)
+    values = np.arange(64, dtype=np.float32) + 0.5
+    path = _archive(tmp_path, {"w": Tensor("0", 0, (64,), (1,))}, {"0": storage_of(values)})
+    raw = bytearray(path.read_bytes())
+    at = bytes(raw).index(values.tobytes())
+    raw[at + 10] ^= 0x40  # inside the storage: the member's CRC no longer matches
+    path.write_bytes(bytes(raw))
+    pkg = load_audiocraft_package(path, "test")
+    with pytest.raises(ConversionError, match=r"storage 0 is unreadable \(Bad CRC-32"):
+        as_numpy(pkg.state["w"])
+
+
+def test_package_structure_refused(tmp_path):
+    path = tmp_path / "x.bin"
+    path.write_bytes(archive_bytes({"best_state": [1, 2], "xp.cfg": "a: 1\n"}, {}))
+    with pytest.raises(ConversionError, match="not a dict of named tensors"):
+        load_audiocraft_package(path, "test")
+    path.write_bytes(archive_bytes({"best_state": {"w": 3}, "xp.cfg": "a: 1\n"}, {}))
+    with pytest.raises(ConversionError, match="not tensors: w"):
+        load_audiocraft_package(path, "test")
+
+
+# --------------------------------------------------------------------------------------------------
+# Crafted safetensors files.
+
+
+def _safetensors(path, header, data: bytes = b"", length: int | None = None):
+    blob = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(blob) if length is None else length) + blob + data)
+    return path
+
+
+F32 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+ST_REFUSED = {
+    "header longer than the file": (
+        {"w": F32},
+        bytes(8),
+        2**62,
+        "header length 4611686018427387904",
+    ),
+    "offsets past the data": ({"w": {**F32, "data_offsets": [8, 16]}}, bytes(8), None, "gap"),
+    "overlap": ({"a": F32, "b": F32}, bytes(16), None, "gap or overlap"),
+    "data left over": ({"w": F32}, bytes(12), None, "cover 8 bytes of a 12-byte data section"),
+    "truncated": ({"w": F32}, bytes(4), None, "cover 8 bytes of a 4-byte"),
+    "unknown dtype": ({"w": {**F32, "dtype": "F8_E4M3"}}, bytes(8), None, "unknown dtype"),
+    "shape vs bytes": ({"w": {**F32, "shape": [3]}}, bytes(8), None, "need 12"),
+    "float shape": ({"w": {**F32, "shape": [2.0]}}, bytes(8), None, "shape is not"),
+    "negative offset": ({"w": {**F32, "data_offsets": [-8, 0]}}, bytes(8), None, "data_offsets"),
+    "missing field": ({"w": {"dtype": "F32", "shape": [2]}}, bytes(8), None, "exactly dtype"),
+    "metadata not strings": (
+        {"w": F32, "__metadata__": {"k": 1}},
+        bytes(8),
+        None,
+        "map strings to strings",
+    ),
+    "not an object": ([1, 2], b"", None, "not a JSON object"),
+}
+
+
+@pytest.mark.parametrize("case", ST_REFUSED, ids=list(ST_REFUSED))
+def test_crafted_safetensors_refused(tmp_path, case):
+    header, data, length, message = ST_REFUSED[case]
+    path = _safetensors(tmp_path / "x.safetensors", header, data, length)
+    with pytest.raises(FormatError, match=message):
+        safetensors.SafetensorsFile(path)
+
+
+def test_safetensors_duplicate_key_and_bad_json(tmp_path):
+    path = tmp_path / "x.safetensors"
+    blob = b'{"w": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}, "w": {}}'
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob)
+    with pytest.raises(FormatError, match="a key appears twice"):
+        safetensors.SafetensorsFile(path)
+    path.write_bytes(struct.pack("<Q", 5) + b"[[[[[")
+    with pytest.raises(FormatError, match="bad header"):
+        safetensors.SafetensorsFile(path)
+
+
+def test_safetensors_reader_reads_what_the_library_writes(tmp_path):
+    from safetensors.numpy import save_file
+
+    arrays = {"a": np.arange(6, dtype=np.int64).reshape(2, 3), "b": np.ones(0, np.float16)}
+    save_file(arrays, tmp_path / "lib.safetensors", metadata={"k": "v"})
+    f = safetensors.SafetensorsFile(tmp_path / "lib.safetensors")
+    assert f.metadata == {"k": "v"} and set(f) == {"a", "b"}
+    for k, want in arrays.items():
+        got = f.read(k)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+
+
+# --------------------------------------------------------------------------------------------------
+# Bounded xp.cfg parsing.
+
+
+def _alias_bomb(levels: int) -> str:
+    lines = ['l0: &l0 ["xxxxxxxx", "xxxxxxxx", "xxxxxxxx", "xxxxxxxx", "xxxxxxxx", "xxxxxxxx"]']
+    for i in range(1, levels):
+        lines.append(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def test_yaml_alias_bomb_refused_quickly():
+    text = _alias_bomb(9)  # 10^8 copies of a 6-string list, from under 1 KB
+    assert len(text) < 1000
+    t0 = time.perf_counter()
+    tracemalloc.start()
+    try:
+        with pytest.raises(ConversionError, match="expands to more than"):
+            YamlConfig.from_text(text)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - t0 < 5 and peak < 20 * 2**20, peak
+    # a small expansion is fine: aliases are ordinary YAML
+    assert YamlConfig.from_text(_alias_bomb(2)).get("l1.9.5") == "xxxxxxxx"
+
+
+def test_yaml_recursion_interpolation_and_size_limits():
+    with pytest.raises(ConversionError, match="contains itself"):
+        YamlConfig.from_text("a: &a [1, *a]\n")
+    # interpolations: 4^12 characters from 12 short lines
+    lines = ["s0: abcd"] + [
+        f"s{i}: '{''.join(['${s' + str(i - 1) + '}'] * 4)}'" for i in range(1, 13)
+    ]
+    cfg = YamlConfig.from_text("\n".join(lines))
+    assert cfg.get("s3") == "abcd" * 64
+    t0 = time.perf_counter()
+    with pytest.raises(ConversionError, match="more than .* characters"):
+        cfg.get("s12")
+    assert time.perf_counter() - t0 < 5
+    deep = YamlConfig.from_text(
+        "\n".join(["d0: 1"] + [f"d{i}: '${{d{i - 1}}}'" for i in range(1, 30)])
+    )
+    assert deep.get("d10") == 1
+    with pytest.raises(ConversionError, match="nest deeper than 20"):
+        deep.get("d29")
+    with pytest.raises(ConversionError, match="refusing configs over"):
+        YamlConfig.from_text("a: " + "x" * 2**20)
+    with pytest.raises(ConversionError, match="400-bit integer"):
+        YamlConfig.from_text("a: 0x" + "f" * 100)
+    with pytest.raises(ConversionError, match="not valid YAML"):
+        YamlConfig.from_text("a: [1, 2")

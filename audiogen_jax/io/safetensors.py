@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import struct
 from collections.abc import Iterable, Iterator, Mapping
@@ -40,6 +41,19 @@ DTYPES: dict[str, np.dtype] = {
 }
 _CODES = {dtype.name: code for code, dtype in DTYPES.items()}
 METADATA = "__metadata__"
+# As the safetensors library: a longer header is refused before it is read.
+MAX_HEADER_BYTES = 100_000_000
+
+
+def _is_size(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("a key appears twice")
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -64,36 +78,74 @@ class StoredTensor:
 class SafetensorsFile(Mapping):
     """A safetensors file opened for lazy reading: {name: StoredTensor}, and its `metadata`.
 
-    The header is read when the file is opened; tensor data only when a tensor is read.
+    The header is read and checked when the file is opened, as strictly as the safetensors library
+    checks it: its length within the file (and at most `MAX_HEADER_BYTES`), a JSON object of
+    entries each with a known dtype, non-negative integer sizes and offsets, a byte count that
+    matches its shape, and offsets that tile the data section exactly (no gap, no overlap, nothing
+    past its end). Anything else raises `FormatError` naming the file and the key. Tensor data is
+    read only when a tensor is asked for.
     """
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
-        if not os.path.isfile(self.path):
-            raise FormatError(f"{self.path}: no such file")
-        with open(self.path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise FormatError(f"{self.path}: not a safetensors file (shorter than 8 bytes)")
-            (n,) = struct.unpack("<Q", head)
-            raw = f.read(n)
         try:
-            header = json.loads(raw)
-        except (UnicodeDecodeError, ValueError) as e:
+            size = os.path.getsize(self.path)
+            with open(self.path, "rb") as f:
+                head = f.read(8)
+                n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+                if n is None or n > min(size - 8, MAX_HEADER_BYTES):
+                    raise FormatError(
+                        f"{self.path}: not a safetensors file (header length "
+                        f"{'missing' if n is None else n} for a file of {size} bytes)"
+                    )
+                raw = f.read(n)
+        except OSError as e:
+            raise FormatError(f"{self.path}: cannot be read ({e})") from e
+        try:
+            header = json.loads(raw, object_pairs_hook=_no_duplicate_keys)
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
             raise FormatError(f"{self.path}: not a safetensors file (bad header: {e})") from e
         if not isinstance(header, dict):
             raise FormatError(f"{self.path}: not a safetensors file (header is not a JSON object)")
-        self.metadata: dict[str, str] = header.pop(METADATA, None) or {}
-        data_start = 8 + n
-        self._tensors: dict[str, StoredTensor] = {}
-        for name, info in header.items():
-            dtype = DTYPES.get(info.get("dtype"))
-            if dtype is None:
-                raise FormatError(f"{self.path}: {name}: unknown dtype {info.get('dtype')!r}")
-            begin, end = info["data_offsets"]
-            self._tensors[name] = StoredTensor(
-                self, name, dtype, tuple(info["shape"]), data_start + begin, end - begin
+        metadata = header.pop(METADATA, {})
+        if not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+            raise FormatError(f"{self.path}: {METADATA} must map strings to strings")
+        self.metadata: dict[str, str] = metadata
+        self._tensors = {name: self._entry(name, info, 8 + n) for name, info in header.items()}
+        end = 0
+        for t in sorted(self._tensors.values(), key=lambda t: (t.start, t.nbytes)):
+            if t.start != 8 + n + end:
+                raise FormatError(
+                    f"{self.path}: {t.name[:200]}: data offsets leave a gap or overlap another "
+                    "tensor"
+                )
+            end += t.nbytes
+        if 8 + n + end != size:
+            raise FormatError(
+                f"{self.path}: the tensors cover {end} bytes of a {size - 8 - n}-byte data section"
             )
+
+    def _entry(self, name: str, info: Any, data_start: int) -> StoredTensor:
+        def bad(why: str) -> FormatError:
+            return FormatError(f"{self.path}: {name[:200]}: {why}")
+
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise bad("an entry needs exactly dtype, shape and data_offsets")
+        dtype = DTYPES.get(info["dtype"]) if isinstance(info["dtype"], str) else None
+        if dtype is None:
+            raise bad(f"unknown dtype {str(info['dtype'])[:20]!r}")
+        shape, offsets = info["shape"], info["data_offsets"]
+        if not (isinstance(shape, list) and all(_is_size(d) for d in shape)):
+            raise bad("shape is not a list of non-negative integers")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_size, offsets))):
+            raise bad("data_offsets is not a pair of non-negative integers")
+        if math.prod(d for d in shape if d) * dtype.itemsize >= 2**63:
+            raise bad("shape is too large for any array")
+        begin, end = offsets
+        nbytes = math.prod(shape) * dtype.itemsize
+        if end - begin != nbytes:
+            raise bad(f"data_offsets span {end - begin} bytes, its shape and dtype need {nbytes}")
+        return StoredTensor(self, name, dtype, tuple(shape), data_start + begin, nbytes)
 
     def __getitem__(self, name: str) -> StoredTensor:
         return self._tensors[name]
@@ -165,7 +217,7 @@ class SafetensorsWriter:
 
     def write(self, name: str, arr: np.ndarray) -> None:
         start, shape, dtype = self._slots[name]
-        arr = np.ascontiguousarray(arr, dtype=dtype)
+        arr = np.asarray(arr, dtype=dtype, order="C")  # (ascontiguousarray makes 0-d arrays 1-d)
         if tuple(arr.shape) != shape:
             raise FormatError(f"{self.path}: {name} has shape {arr.shape}, the header says {shape}")
         self._f.seek(self._data_start + start)

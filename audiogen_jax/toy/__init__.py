@@ -1,0 +1,14 @@
+"""The toy world: a small AudioGen trained from scratch on synthetic sounds with captions.
+
+    world.py    the sound world: a grammar of scenes, their captions, and the waveforms (numpy)
+    checker.py  reads a scene back from a waveform (source, pitch, sweep, count, order)
+    codec.py    the toy EnCodec's config and the command that trains it from scratch
+    text.py     the captions' sentencepiece tokenizer (T5 layout) and the small T5's config
+
+Everything here is deterministic from a seed and runs on a laptop CPU.
+"""
+
+import os
+
+# The shipped toy model: a converted directory inside the package.
+WEIGHTS = os.path.join(os.path.dirname(__file__), "weights")
