@@ -366,8 +366,13 @@ def _check_args(args: argparse.Namespace) -> None:
             args.mesh_sizes = sharding.parse_mesh(args.mesh)
         except sharding.ShardingError as e:
             raise UsageError(str(e)) from e
-    if args.distributed is not None and args.seed is None:
-        raise UsageError("--distributed needs --seed: every process must draw the same numbers")
+    if args.distributed is not None:
+        if args.seed is None:
+            raise UsageError("--distributed needs --seed: every process must draw the same numbers")
+        try:
+            sharding.parse_distributed(args.distributed)
+        except sharding.ShardingError as e:
+            raise UsageError(str(e)) from e
     if not args.descriptions and args.prompt is None:
         raise UsageError("give at least one description (or --continue PROMPT.wav)")
     for i, d in enumerate(args.descriptions):

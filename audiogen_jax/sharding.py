@@ -197,28 +197,48 @@ def make_mesh(
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
-def initialize_distributed(spec: str = "auto") -> None:
-    """Joins a multi-process run (`jax.distributed.initialize`): call before anything uses JAX.
-
-    Args:
-      spec: "auto" lets JAX find the cluster (Cloud TPU slices, SLURM, Open MPI, Kubernetes);
-        "HOST:PORT,N,I" names the coordinator (process 0's address), the number of processes N
-        and this process's index I.
-    """
+def parse_distributed(spec: str) -> tuple[str, int, int] | None:
+    """`"HOST:PORT,N,I"` -> (coordinator address, processes, this process's index); None for
+    "auto" (the CLI's --distributed)."""
     if spec == "auto":
-        jax.distributed.initialize()
-        return
+        return None
     try:
-        address, n, i = spec.split(",")
+        address, n, i = (p.strip() for p in spec.split(","))
         n, i = int(n), int(i)
     except ValueError:
         raise ShardingError(
             f"--distributed {spec!r}: expected HOST:PORT,NUM_PROCESSES,PROCESS_ID (or nothing, "
             "on a cluster JAX detects)"
         ) from None
+    host, colon, port = address.rpartition(":")
+    if not colon or not host or not port.isdigit():
+        raise ShardingError(f"--distributed {spec!r}: the coordinator {address!r} is not HOST:PORT")
+    if n < 1:
+        raise ShardingError(f"--distributed {spec!r}: {n} processes; give at least 1")
     if not 0 <= i < n:
         raise ShardingError(f"--distributed {spec!r}: process id {i} is not in [0, {n})")
-    jax.distributed.initialize(coordinator_address=address, num_processes=n, process_id=i)
+    return address, n, i
+
+
+def initialize_distributed(spec: str = "auto") -> None:
+    """Joins a multi-process run (`jax.distributed.initialize`): call before anything uses JAX.
+
+    Args:
+      spec: "auto" lets JAX find the cluster (Cloud TPU slices, SLURM, Open MPI, Kubernetes);
+        "HOST:PORT,N,I" names the coordinator (process 0's address), the number of processes N
+        and this process's index I. A loopback coordinator (127.0.0.1, localhost, ::1) listens on
+        that address only; any other on every interface, as the other hosts must reach it.
+    """
+    parsed = parse_distributed(spec)
+    if parsed is None:
+        jax.distributed.initialize()
+        return
+    address, n, i = parsed
+    host = address.rpartition(":")[0].strip("[]")
+    bind = address if host in ("127.0.0.1", "localhost", "::1") else None
+    jax.distributed.initialize(
+        coordinator_address=address, num_processes=n, process_id=i, coordinator_bind_address=bind
+    )
 
 
 def _describe(sizes: Mapping[str, int]) -> str:
