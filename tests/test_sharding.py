@@ -350,7 +350,7 @@ def test_cli_mesh_equals_one_device(model_dir, tmp_path):
     the last bit of 16-bit audio (one progress bar over the clips; a rerun keeps them); so does
     the same command run by 2 processes x 2 devices with --distributed (process 0 writes, one
     progress bar); and `train --mesh fsdp=4,tensor=2` follows the one-device loss curve and
-    exports a model."""
+    exports a model, and its run is refused, in one line, on a mesh the model cannot fit."""
     from test_data import make_folder
 
     prompts = tmp_path / "prompts.txt"
@@ -383,6 +383,14 @@ def test_cli_mesh_equals_one_device(model_dir, tmp_path):
         with open(out / "run" / "metrics.jsonl") as f:
             ces = [json.loads(line)["ce"] for line in f]
         results[name] = waves, ces
+    # The 8-device run's checkpoint, resumed onto a mesh that cannot hold the model: one line
+    # naming the dimension, before anything is restored.
+    refit = _cli(
+        [*fit, "--mesh", "tensor=8", "--resume", "--out", str(tmp_path / "mesh" / "run")], 8
+    )
+    lines = refit.stderr.strip().splitlines()
+    assert refit.returncode == 2 and lines[-1].startswith("error: --mesh tensor=8: "), lines
+    assert "attention heads (num_heads): 4; choose tensor from [1, 2, 4]" in lines[-1], lines
     again = _cli([*gen, "--out-dir", str(tmp_path / "one" / "wav")], 1)
     assert again.returncode == 0 and "3 clips already" in again.stderr, again.stderr[-2000:]
     first, second = _cli_distributed(
