@@ -461,6 +461,7 @@ def _generate(argv: list[str]) -> int:
         if problem is not None:
             return _fail(RuntimeError(problem), 1)
     from audiogen_jax.checkpoint import CheckpointError
+    from audiogen_jax.sharding import ShardingError
 
     try:
         _check_args(args)
@@ -480,9 +481,12 @@ def _generate(argv: list[str]) -> int:
 
     if args.model == presets.TINY_RANDOM:
         print(presets.NOISE_WARNING, file=sys.stderr)
-    model = AudioGen.from_pretrained(
-        args.model, dtype=args.dtype, cache_dir=args.cache_dir, mesh=mesh
-    )
+    try:
+        model = AudioGen.from_pretrained(
+            args.model, dtype=args.dtype, cache_dir=args.cache_dir, mesh=mesh
+        )
+    except ShardingError as e:  # checked on the model's shapes before its weights are read
+        return _fail(UsageError(f"--mesh {args.mesh}: {e}"), 2)
     model.set_generation_params(
         duration=args.duration, extend_stride=args.extend_stride, **_sampling_settings(args)
     )
@@ -522,14 +526,24 @@ def _make_mesh(args: argparse.Namespace):
 
 
 def _batch_size(args: argparse.Namespace, mesh) -> int:
-    """Clips per --prompts-file batch: --batch-size, or 8 rounded to the mesh's batch devices."""
+    """Clips per batch: --batch-size, or 8 rounded to the mesh's batch devices (--prompts-file);
+    every output at once otherwise. A batch must split over the mesh's batch devices."""
     from audiogen_jax import sharding
 
     devices = 1 if mesh is None else sharding.Placement(mesh).batch_devices
-    size = args.batch_size or devices * max(1, 8 // devices)
     # 2 * size rows ([cond; null]) must divide over the devices: size a multiple of devices / 2.
     step = devices // math.gcd(2, devices)
-    if args.prompts_file is not None and size % step:
+    if args.prompts_file is None:
+        size = len(args.descriptions or [None])
+        if size % step:
+            raise UsageError(
+                f"--mesh {args.mesh}: {size} descriptions make {2 * size} rows with the null "
+                f"condition, which do not divide over the mesh's {devices} batch devices "
+                f"(data x fsdp): give a multiple of {step} descriptions"
+            )
+        return size
+    size = args.batch_size or devices * max(1, 8 // devices)
+    if size % step:
         raise UsageError(
             f"--batch-size {size} does not divide over the mesh's {devices} batch devices "
             f"(data x fsdp); use a multiple of {step}"

@@ -455,6 +455,24 @@ def test_cli_bad_mesh_and_prompts(tmp_path, capsys, args, match):
     assert not out.exists()
 
 
+def test_cli_mesh_the_model_or_batch_does_not_fit(model_dir, tmp_path):
+    """On 8 devices: a tensor axis that does not divide the heads, and descriptions whose rows do
+    not divide over data x fsdp, are one line naming the sizes, status 2, no files."""
+    out = tmp_path / "out"
+    for args, match in [
+        (["x", "--mesh", "tensor=8"], "does not divide the LM's attention heads (num_heads): 4"),
+        (["a", "b", "c", "--mesh", "data=8"], "3 descriptions make 6 rows with the null condition"),
+    ]:
+        argv = ["generate", *args, "--model", model_dir, "--duration", "0.1", "--out-dir", str(out)]
+        proc = _cli(argv, 8)
+        err = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and match in err[-1] and err[-1].startswith("error: --mesh"), (
+            err
+        )
+        assert not any(line.startswith("error") for line in err[:-1]), err
+    assert not out.exists()
+
+
 def test_train_cli_bad_mesh(tmp_path, capsys):
     from audiogen_jax import cli
 
