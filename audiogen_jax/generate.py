@@ -80,6 +80,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -89,7 +90,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from audiogen_jax import checks, patterns, sampling, t5
+from audiogen_jax import checks, patterns, sampling, sharding, t5
 from audiogen_jax import lm as lmlib
 
 UNKNOWN = -1  # a code not generated yet (the reference's `unknown_token`)
@@ -232,7 +233,11 @@ def _scan_length(frames_b: int, delays: Sequence[int]) -> int:
 
 
 def _start(
-    lm: lmlib.LMModel, conditioner: nnx.Module, window: Window, frames_b: int
+    lm: lmlib.LMModel,
+    conditioner: nnx.Module,
+    window: Window,
+    frames_b: int,
+    placement: sharding.Placement | None = None,
 ) -> DecodeState:
     """The scan's first carry: the text condition and its cross-attention keys/values, the delayed
     code buffer, and the KV cache with the prompt's steps written."""
@@ -247,6 +252,7 @@ def _start(
     L_b = window.ids_2BL.shape[1]
     context_mask_2BL = jnp.broadcast_to(jnp.arange(L_b) < window.text_len, (2 * B, L_b))
     cache = lmlib.init_cache(lm, condition_2BLD, S_b, context_mask_BL=context_mask_2BL)
+    cache = sharding.constrain_cache(cache, placement)
 
     # The code buffer: prompt frames, then unknown frames, then (bucket padding) frames outside the
     # pattern, which the delay layout turns into special cells like the reference's pattern of
@@ -277,6 +283,7 @@ def _decode(
     first: jax.Array,
     count: int,
     params: sampling.SamplingParams,
+    placement: sharding.Placement | None = None,
 ) -> DecodeState:
     """Scan iterations first .. first + count - 1: iteration i generates step s = start + i, where
     start is the first step after the prompt; iterations past the last step skip the LM."""
@@ -302,6 +309,7 @@ def _decode(
         new_BK = jnp.where(current_BK == UNKNOWN, ids_BK, current_BK)
         seq_BKS = jax.lax.dynamic_update_index_in_dim(state.seq_BKS, new_BK, s, axis=2)
         nonfinite = state.nonfinite | ~jnp.all(jnp.isfinite(guided_BKV))
+        cache = sharding.constrain_cache(cache, placement)
         return DecodeState(seq_BKS=seq_BKS, cache=cache, nonfinite=nonfinite)
 
     def body(state: DecodeState, i: jax.Array) -> tuple[DecodeState, None]:
@@ -312,7 +320,9 @@ def _decode(
     return state
 
 
-@functools.partial(jax.jit, static_argnames=("lm_def", "cond_def", "frames_b", "params"))
+@functools.partial(
+    jax.jit, static_argnames=("lm_def", "cond_def", "frames_b", "params", "placement")
+)
 def _token_program(
     lm_def,
     cond_def,
@@ -322,15 +332,22 @@ def _token_program(
     *,
     frames_b: int,
     params: sampling.SamplingParams,
+    placement: sharding.Placement | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """One window of generation: codes [B, K, frames_b] (frames >= num_frames hold `card`), and
-    whether any step's guided logits were not finite (its codes are then meaningless)."""
+    whether any step's guided logits were not finite (its codes are then meaningless).
+
+    With a `placement` the weights and text rows arrive sharded; the KV cache is pinned to rows over
+    data x fsdp and heads over tensor, and the codes come back whole on every device.
+    """
     lm = nnx.merge(lm_def, lm_state)
     conditioner = nnx.merge(cond_def, cond_state)
     delays = tuple(lm.config.delays)
-    state = _start(lm, conditioner, window, frames_b)
-    state = _decode(lm, state, window, jnp.int32(0), _scan_length(frames_b, delays), params)
-    return patterns.revert_delayed(state.seq_BKS, delays, frames_b), state.nonfinite
+    state = _start(lm, conditioner, window, frames_b, placement)
+    length = _scan_length(frames_b, delays)
+    state = _decode(lm, state, window, jnp.int32(0), length, params, placement)
+    codes_BKT = patterns.revert_delayed(state.seq_BKS, delays, frames_b)
+    return sharding.constrain(codes_BKT, (), placement), state.nonfinite
 
 
 # --------------------------------------------------------------------------------------------------
@@ -342,19 +359,27 @@ def _token_program(
 PROGRESS_STEPS = 8  # decoding steps per piece: one report per piece
 
 
-@functools.partial(jax.jit, static_argnames=("lm_def", "cond_def", "frames_b"))
-def _start_program(lm_def, cond_def, lm_state, cond_state, window: Window, *, frames_b: int):
-    return _start(nnx.merge(lm_def, lm_state), nnx.merge(cond_def, cond_state), window, frames_b)
+@functools.partial(jax.jit, static_argnames=("lm_def", "cond_def", "frames_b", "placement"))
+def _start_program(
+    lm_def, cond_def, lm_state, cond_state, window: Window, *, frames_b: int, placement=None
+):
+    lm, conditioner = nnx.merge(lm_def, lm_state), nnx.merge(cond_def, cond_state)
+    return _start(lm, conditioner, window, frames_b, placement)
 
 
-@functools.partial(jax.jit, static_argnames=("lm_def", "count", "params"), donate_argnames="state")
+@functools.partial(
+    jax.jit, static_argnames=("lm_def", "count", "params", "placement"), donate_argnames="state"
+)
 def _decode_program(
-    lm_def, lm_state, state: DecodeState, window: Window, first, *, count: int, params
+    lm_def, lm_state, state: DecodeState, window: Window, first, *, count: int, params, placement
 ) -> tuple[DecodeState, jax.Array]:
     """`count` iterations from `first`, and first + count: a scalar the host waits on while the
     next piece is already queued (the state itself is donated to that piece)."""
-    state = _decode(nnx.merge(lm_def, lm_state), state, window, first, count, params)
-    return state, first + count
+    lm = nnx.merge(lm_def, lm_state)
+    state = _decode(lm, state, window, first, count, params, placement)
+    # The code buffer whole on every device (and process): the host reads it after the last piece.
+    seq_BKS = sharding.constrain(state.seq_BKS, (), placement)
+    return dataclasses.replace(state, seq_BKS=seq_BKS), first + count
 
 
 @contextlib.contextmanager
@@ -386,15 +411,27 @@ def _run_in_pieces(
     report: Callable[[int], None],
     steps: int,
     delays: Sequence[int],
+    placement: sharding.Placement | None = None,
 ) -> tuple[np.ndarray, jax.Array]:
     """`_token_program`'s outputs, computed piece by piece, with `report(index of the last step
     done)` after each piece."""
     (lm_def, lm_state), (cond_def, cond_state) = splits
-    state = _start_program(lm_def, cond_def, lm_state, cond_state, window, frames_b=frames_b)
+    if placement is not None:
+        window = _place_window(window, placement)
+    state = _start_program(
+        lm_def, cond_def, lm_state, cond_state, window, frames_b=frames_b, placement=placement
+    )
     queued: list[jax.Array] = []
     for first in range(0, steps, PROGRESS_STEPS):
         state, done = _decode_program(
-            lm_def, lm_state, state, window, np.int32(first), count=PROGRESS_STEPS, params=params
+            lm_def,
+            lm_state,
+            state,
+            window,
+            np.int32(first),
+            count=PROGRESS_STEPS,
+            params=params,
+            placement=placement,
         )
         queued.append(done)
         if len(queued) > 1:  # the previous piece, waited for while this one is queued
@@ -487,10 +524,41 @@ def _call_program(
     window: Window,
     frames_b: int,
     params: sampling.SamplingParams,
+    placement: sharding.Placement | None = None,
 ) -> Any:
     """`method` (`_token_program` or its `.trace`) on one window's inputs."""
     (lm_def, lm_state), (cond_def, cond_state) = splits
-    return method(lm_def, cond_def, lm_state, cond_state, window, frames_b=frames_b, params=params)
+    if placement is not None:
+        window = _place_window(window, placement)
+    return method(
+        lm_def,
+        cond_def,
+        lm_state,
+        cond_state,
+        window,
+        frames_b=frames_b,
+        params=params,
+        placement=placement,
+    )
+
+
+def _place_window(window: Window, placement: sharding.Placement) -> Window:
+    """The text rows split over data x fsdp, the rest replicated (same values on every process)."""
+    B2 = window.ids_2BL.shape[0]
+    if B2 % placement.batch_devices:
+        raise sharding.ShardingError(
+            f"{B2 // 2} descriptions make {B2} rows with the null condition, which do not divide "
+            f"over the mesh's {placement.batch_devices} batch devices (data x fsdp): give a "
+            f"multiple of {placement.batch_devices // math.gcd(2, placement.batch_devices)} "
+            "descriptions"
+        )
+    rows = {"ids_2BL", "mask_2BL"}
+    return Window(
+        **{
+            f.name: placement.put(getattr(window, f.name), ("batch",) if f.name in rows else ())
+            for f in dataclasses.fields(Window)
+        }
+    )
 
 
 def _run_window(
@@ -501,18 +569,21 @@ def _run_window(
     progress: Progress,
     steps: int,
     delays: Sequence[int],
+    placement: sharding.Placement | None = None,
 ) -> tuple[np.ndarray, bool]:
     """Runs one window of `steps` LM steps: int32 [B, K, frames_b] numpy codes, and whether some
     step's logits were not finite."""
     if not progress:
-        codes, nonfinite = _call_program(_token_program, splits, window, frames_b, params)
+        codes, nonfinite = _call_program(
+            _token_program, splits, window, frames_b, params, placement
+        )
     else:
         run = functools.partial(_run_in_pieces, splits, window, frames_b, params)
         if callable(progress):
-            codes, nonfinite = run(progress, steps, delays)
+            codes, nonfinite = run(progress, steps, delays, placement)
         else:
             with _progress_bar(steps, "generating") as (_, report):
-                codes, nonfinite = run(report, steps, delays)
+                codes, nonfinite = run(report, steps, delays, placement)
     codes, nonfinite = jax.device_get((codes, nonfinite))
     return np.asarray(codes), bool(nonfinite)
 
@@ -526,6 +597,7 @@ def trace_program(
     *,
     key: jax.Array,
     prompt_BKT: np.ndarray | None = None,
+    placement: sharding.Placement | None = None,
 ) -> jax.stages.Traced:
     """The compiled program of the first window, traced but not run.
 
@@ -539,7 +611,7 @@ def trace_program(
     )
     splits = (nnx.split(lm), nnx.split(conditioner))
     params = _static_params(settings, lm.config.card)
-    return _call_program(_token_program.trace, splits, window, frames_b, params)
+    return _call_program(_token_program.trace, splits, window, frames_b, params, placement)
 
 
 def generate_codes(
@@ -553,6 +625,7 @@ def generate_codes(
     prompt_BKT: np.ndarray | None = None,
     progress: Progress = False,
     splits: Splits | None = None,
+    placement: sharding.Placement | None = None,
 ) -> np.ndarray:
     """Generates `settings.duration` of codes, with the sliding window beyond `max_duration`.
 
@@ -567,6 +640,8 @@ def generate_codes(
       progress: True shows a tqdm bar per window; a callable is called with the index of the last
         step done (0-based, within the window) every `PROGRESS_STEPS` steps and at the end.
       splits: `(nnx.split(lm), nnx.split(conditioner))`, to skip re-splitting on every call.
+      placement: the mesh the weights are sharded over (`sharding.py`); the 2B text rows must
+        divide over its data x fsdp devices. None: one device.
 
     Returns:
       int32 [B, K, T] numpy codes, prompt included (T = `settings.num_frames`).
@@ -602,7 +677,9 @@ def generate_codes(
             prompt_BKT=prompt,
         )
         steps = num_frames + max(delays) - prompt_len - min(delays)
-        codes, nonfinite = _run_window(splits, window, frames_b, params, progress, steps, delays)
+        codes, nonfinite = _run_window(
+            splits, window, frames_b, params, progress, steps, delays, placement
+        )
         if nonfinite:
             raise FloatingPointError(
                 f"the LM gave NaN or infinite logits (window {w}), so the codes are meaningless: "
@@ -637,6 +714,7 @@ def generate(
     prompt_BKT: np.ndarray | None = None,
     progress: Progress = False,
     splits: Splits | None = None,
+    placement: sharding.Placement | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Text (and optional prompt codes) -> codes [B, K, T] and audio [B, 1, T * hop].
 
@@ -662,6 +740,10 @@ def generate(
         prompt_BKT=prompt_BKT,
         progress=progress,
         splits=splits,
+        placement=placement,
     )
-    wav_B1W = np.asarray(jax.device_get(codec.decode(jnp.asarray(codes_BKT))), np.float32)
+    codes = jnp.asarray(codes_BKT)
+    if placement is not None:  # EnCodec runs data-parallel over the rows when they divide
+        codes = placement.put(codes_BKT, () if len(codes) % placement.batch_devices else ("batch",))
+    wav_B1W = sharding.to_host(codec.decode(codes)).astype(np.float32)
     return codes_BKT, wav_B1W
