@@ -38,6 +38,12 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--clips", type=int, default=quality.CLIPS_PER_CAPTION)
     q.add_argument("--cfg", type=float, nargs="+", default=list(quality.CFG_COEFS))
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument(
+        "--batching",
+        choices=quality.BATCHINGS,
+        default="caption",
+        help="each caption's clips alone (default), or 128 clips of mixed captions per call",
+    )
     q.add_argument("--json", help="also write the results to this file")
     return p
 
@@ -79,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report))
         return 0
     _check_positive(p, clips=args.clips)
-    results = quality.measure(args.model, args.cfg, args.clips, args.seed)
+    results = quality.measure(args.model, args.cfg, args.clips, args.seed, args.batching)
     print(quality.table(results))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
