@@ -9,6 +9,8 @@
 
 `from_pretrained` accepts
   - a converted directory (`convert_weights.py ... --out DIR`);
+  - `"toy"`: the small model trained from scratch on a world of synthetic sounds that ships inside
+    the package (`toy/`: beeps, chirps, noises and clicks, 8 kHz, 1.5 s; no network);
   - `"tiny-random"`: a small random-weight model built offline (see `presets.py`; it makes noise);
   - a hub id such as `facebook/audiogen-medium` or `facebook/musicgen-small` (`presets.CHECKPOINTS`
     lists the released ones): downloads `state_dict.bin` and `compression_state_dict.bin` with
@@ -88,6 +90,7 @@ from audiogen_jax import (
     stereo,
     t5,
     t5_params,
+    toy,
 )
 from audiogen_jax import compilation_cache as compile_cache
 from audiogen_jax import generate as gen
@@ -179,17 +182,20 @@ def download_and_convert(name: str, cache_root_dir: str | None = None) -> str:
 
 
 def resolve(name_or_dir: str | os.PathLike, cache_root_dir: str | None = None) -> str:
-    """The converted directory of a directory, "tiny-random", or a hub id (downloaded if needed)."""
+    """The converted directory of a directory, "toy", "tiny-random", or a hub id (downloaded if
+    needed)."""
     name = os.fspath(name_or_dir)
     if os.path.isdir(name):
         return name
     if os.path.exists(name):
         raise checkpoint.CheckpointError(
             f"{name} is a file; give a converted directory (see `audiogen-jax convert --help`), "
-            f"a hub id such as {DEFAULT_MODEL!r}, or {presets.TINY_RANDOM!r}"
+            f"a hub id such as {DEFAULT_MODEL!r}, {hub.TOY!r} or {presets.TINY_RANDOM!r}"
         )
     if name in hub.UNSUPPORTED:
         raise checkpoint.CheckpointError(hub.unsupported_message(name))
+    if name == hub.TOY:
+        return toy.WEIGHTS
     if name == presets.TINY_RANDOM:
         final = _cache_dir(name, cache_root_dir)
         if not checkpoint.is_complete(final):
@@ -198,7 +204,7 @@ def resolve(name_or_dir: str | os.PathLike, cache_root_dir: str | None = None) -
     if _looks_like_hub_id(name):
         return download_and_convert(name, cache_root_dir)
     raise checkpoint.CheckpointError(
-        f"{name!r} is neither a converted directory, a hub id (owner/name) nor "
+        f"{name!r} is neither a converted directory, a hub id (owner/name), {hub.TOY!r} nor "
         f"{presets.TINY_RANDOM!r}. "
         f"{_how_to_get(DEFAULT_MODEL)}"
     )
@@ -288,6 +294,8 @@ def peek_configs(
         return codec_cfg, lm_cfg
     if os.path.isdir(name):
         directory = name
+    elif name == hub.TOY:
+        directory = toy.WEIGHTS
     elif _looks_like_hub_id(name) and checkpoint.is_complete(_cache_dir(name, cache_dir)):
         directory = _cache_dir(name, cache_dir)
     elif _looks_like_hub_id(name):

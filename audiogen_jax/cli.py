@@ -1,6 +1,7 @@
-"""Command line: `audiogen-jax generate ...`, `audiogen-jax convert ...`, `audiogen-jax train ...`.
+"""Command line: `audiogen-jax generate ...`, `convert ...`, `train ...`, `toy ...`.
 
     audiogen-jax generate "dog barking" "sirens of an emergency vehicle" --duration 5 --seed 0
+    audiogen-jax generate "a rising chirp" --model toy --out-dir out/   # offline, the toy model
     audiogen-jax generate "rain" --model tiny-random --duration 1 --out-dir out/   # offline, noise
     audiogen-jax generate "footsteps" --continue prompt.wav --duration 6 --out-dir out/
     audiogen-jax generate "lo-fi piano" --model facebook/musicgen-small --out-dir out/  # music
@@ -156,6 +157,8 @@ examples:
   audiogen-jax generate "dog barking" "sirens of an emergency vehicle" --duration 5 --seed 0
   # music: MusicGen (15 s by default; -stereo-small etc. write stereo files)
   audiogen-jax generate "lo-fi piano" --model facebook/musicgen-small
+  # offline: the small model that ships with the package (beeps, chirps, noises, clicks)
+  audiogen-jax generate "a high beep repeated three times" --model toy --out-dir out/
   # offline: the small random-weight model (it makes noise), to try the pipeline
   audiogen-jax generate "rain" --model tiny-random --duration 1 --out-dir out/
   # continue a recording, greedy, as 24-bit FLAC, from a converted directory
@@ -211,7 +214,7 @@ def _generate_parser() -> argparse.ArgumentParser:
         "--model",
         default=DEFAULT_MODEL,
         help=f"hub id (default {DEFAULT_MODEL}; released: {', '.join(hub.TEXT_ENCODERS)}), "
-        "a converted directory, or 'tiny-random'",
+        "a converted directory, 'toy' (ships with the package) or 'tiny-random'",
     )
     p.add_argument(
         "--duration",
@@ -666,6 +669,17 @@ def train_main(argv: list[str] | None = None) -> int:
     return _run(train, argv)
 
 
+def toy_main(argv: list[str] | None = None) -> int:
+    """`audiogen-jax toy`: train the toy model from scratch, or measure its quality."""
+
+    def toy(args: list[str]) -> int:
+        from audiogen_jax.toy import __main__ as toy_cli
+
+        return toy_cli.main(args)
+
+    return _run(toy, argv)
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str, str]] = {
     "generate": (
         generate_main,
@@ -683,12 +697,17 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str, str]] = {
         "fine-tune on a folder of captioned sounds",
         "audiogen-jax train sounds/ --model tiny-random --out runs/a --steps 200",
     ),
+    "toy": (
+        toy_main,
+        "train the small toy model from scratch, or measure its quality",
+        "audiogen-jax toy train --out DIR",
+    ),
 }
 
 
 def _top_help() -> str:
     lines = [
-        "usage: audiogen-jax {generate,convert,train} ... [--debug]",
+        "usage: audiogen-jax {generate,convert,train,toy} ... [--debug]",
         "       audiogen-jax --help | --version",
         "",
         "AudioGen (text to audio) in JAX.",

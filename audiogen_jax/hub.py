@@ -54,6 +54,7 @@ UNSUPPORTED = {
     "which audiogen-jax does not implement",
 }
 TINY_RANDOM = "tiny-random"  # the offline model (presets.py)
+TOY = "toy"  # the small model trained from scratch that ships in the package (toy/)
 PROBE_TIMEOUT = 1.5  # seconds for the name lookup and the connection together
 _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 _probe_cache: dict[str, tuple[float, str | None]] = {}  # host -> (when, why unreachable)
@@ -189,8 +190,9 @@ def offline_help(name: str) -> str:
     size = DOWNLOAD_SIZES.get(name)
     return (
         (f"The download is {size}. " if size else "")
-        + f"Without network, try the pipeline with the small offline model ({TINY_RANDOM!r}"
-        f": `--model {TINY_RANDOM}`, it makes noise), or: {how_to_get(name)}"
+        + f"Without network, try the small model that ships with the package (`--model {TOY}`: "
+        "beeps, chirps, noises and clicks), or: "
+        f"{how_to_get(name)}"
     )
 
 

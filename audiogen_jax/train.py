@@ -20,7 +20,10 @@ the conditioner's `output_proj` included), and the released solver config
 
 The text encoder (T5) is frozen, so its hidden states are computed once per caption outside the
 step (`data.py` caches them); the step applies the trainable `output_proj` and the mask, exactly
-as the reference conditioner does after T5.
+as the reference conditioner does after T5. The reference can also fine-tune T5 with the LM
+(`conditioners.t5.finetune`: T5's parameters join the optimizer's); here that is
+`split_model(lm, conditioner)` with the whole `T5Conditioner`, and batches of token ids
+(`Batch.text_ids_BL`) that the step runs through T5 (the toy model trains its T5 this way).
 
 Differences from the reference (each checked to give the same numbers, docs/parity.md):
   - Condition dropout nulls the projected condition in place (all zeros at the batch's text
@@ -241,11 +244,14 @@ class Batch:
     """One training batch: codes and the frozen text encoder's output, padded to the longest text.
 
     `text_BLC` holds T5's last hidden states (C its width); `text_mask_BL` is 1 on real tokens.
+    When T5 trains with the LM (`split_model(lm, conditioner)`), `text_BLC` is None and
+    `text_ids_BL` holds the token ids instead.
     """
 
     codes_BKT: jax.Array
-    text_BLC: jax.Array
+    text_BLC: jax.Array | None
     text_mask_BL: jax.Array
+    text_ids_BL: jax.Array | None = None
 
 
 @jax.tree_util.register_dataclass
@@ -276,6 +282,8 @@ def split_model(lm, output_proj, *, lora: bool = False):
 
     Full training updates every LM parameter and the conditioner's `output_proj` (as the
     reference); with LoRA adapters in the LM (`lora.add_lora`) only the adapters train.
+    `output_proj` may also be the whole `t5.T5Conditioner` (T5 and its projection): then T5 trains
+    too (the reference's `finetune`), under the "output_proj" key, and batches carry token ids.
     """
     train_filter = nnx.LoRAParam if lora else nnx.Param
     lm_def, lm_train, lm_frozen = nnx.split(lm, train_filter, ...)
@@ -324,8 +332,11 @@ def _loss(trainable, frozen, parts: Parts, batch: Batch, drop, cfg: TrainConfig)
     if cfg.compute_dtype == "bfloat16":  # the float32 masters stay in the state
         lm_vars = _cast_floats(lm_vars, jnp.bfloat16)
     lm, proj = merge_model(parts, {**trainable, "lm": lm_vars[0]}, {**frozen, "lm": lm_vars[1]})
-    mask_BL1 = batch.text_mask_BL[..., None].astype(jnp.float32)
-    condition_BLD = null_condition(proj(batch.text_BLC) * mask_BL1, drop)
+    if batch.text_ids_BL is not None:  # T5 trains: the conditioner runs T5, projects and masks
+        condition_BLD = proj(batch.text_ids_BL, batch.text_mask_BL)
+    else:
+        condition_BLD = proj(batch.text_BLC) * batch.text_mask_BL[..., None].astype(jnp.float32)
+    condition_BLD = null_condition(condition_BLD, drop)
     return lm_loss(lm, batch.codes_BKT, condition_BLD, remat=cfg.remat)
 
 
@@ -430,8 +441,8 @@ def train_step(
     Args:
       state: from `init_state` or a previous step.
       frozen: the variables that do not train (from `split_model`).
-      batch: codes [B, K, T] and text states [B, L, C] + mask [B, L]; B divisible by
-        `cfg.accumulate`.
+      batch: codes [B, K, T] and text states [B, L, C] (or token ids [B, L] when T5 trains)
+        + mask [B, L]; B divisible by `cfg.accumulate`.
       parts: from `split_model`.
       cfg: the training settings.
 
@@ -442,9 +453,10 @@ def train_step(
     B = batch.codes_BKT.shape[0]
     if B % cfg.accumulate:
         raise ValueError(f"batch size {B} is not divisible by accumulate={cfg.accumulate}")
-    if batch.text_BLC.shape[0] != B or batch.text_mask_BL.shape != batch.text_BLC.shape[:2]:
+    text = batch.text_BLC if batch.text_ids_BL is None else batch.text_ids_BL
+    if text is None or text.shape[0] != B or batch.text_mask_BL.shape != text.shape[:2]:
         raise ValueError(
-            f"batch mismatch: codes {batch.codes_BKT.shape}, text {batch.text_BLC.shape}, "
-            f"mask {batch.text_mask_BL.shape}"
+            f"batch mismatch: codes {batch.codes_BKT.shape}, text "
+            f"{getattr(text, 'shape', None)}, mask {batch.text_mask_BL.shape}"
         )
     return _train_step(state, frozen, batch, parts, cfg, StateShardings.of(state))

@@ -7,7 +7,7 @@
 #   MODEL=facebook/audiogen-medium bash scripts/generate.sh "dog barking"   # downloads ~7 GB once
 #
 # Arguments go to `audiogen-jax generate` (see its --help); without any, it generates "a rising
-# chirp". Settings: MODEL (default tiny-random), OUT_DIR (default out/, relative to where you run
+# chirp". Settings: MODEL (default toy, the small model trained from scratch), OUT_DIR (default out/, relative to where you run
 # this), PYTHON (the interpreter for the new environment, default python3).
 #
 # The environment: .venv-run/ with the runtime only, or scripts/test.sh's .venv/ when that exists
@@ -15,7 +15,7 @@
 # records it); later runs start generating at once. Independent of scripts/test.sh, in either order.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-MODEL=${MODEL:-tiny-random}
+MODEL=${MODEL:-toy}
 OUT_DIR=${OUT_DIR:-out}
 PY=${PYTHON:-python3}
 
@@ -42,5 +42,8 @@ if [ ! -e "$stamp" ]; then
 fi
 
 [ "$#" -gt 0 ] || set -- "a rising chirp"
-# Defaults first: a --model or --out-dir among the arguments overrides them.
-exec "$VENV/bin/audiogen-jax" generate --model "$MODEL" --out-dir "$OUT_DIR" --duration 2 "$@"
+# Defaults first: a --model, --out-dir or --duration among the arguments overrides them. The toy
+# model's clips last 1.5 s (its default); other models make 2 s unless told.
+DURATION=()
+[ "$MODEL" = toy ] || DURATION=(--duration 2)
+exec "$VENV/bin/audiogen-jax" generate --model "$MODEL" --out-dir "$OUT_DIR" ${DURATION[@]+"${DURATION[@]}"} "$@"

@@ -1,0 +1,203 @@
+"""The toy AudioGen's LM stage and the shipped model: T5 trained through `train.train_step`, the
+data pipeline, the one training command end to end (a few updates), and the shipped weights making
+the sounds their captions describe, as the checker reads them (thresholds from docs/toy.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import soundfile
+from flax import nnx
+
+from audiogen_jax import checkpoint, cli, t5, train
+from audiogen_jax.audiogen import AudioGen
+from audiogen_jax.config import LMConfig, T5Config
+from audiogen_jax.lm import LMModel
+from audiogen_jax.toy import WEIGHTS, checker, model, quality, text, world
+from audiogen_jax.toy import __main__ as toy_cli
+
+TINY_T5 = T5Config(
+    vocab_size=40, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2,
+    relative_attention_num_buckets=8, relative_attention_max_distance=16,
+)  # fmt: skip
+TINY_LM = LMConfig(
+    dim=16, num_heads=2, num_layers=1, n_q=4, card=8, delays=(0, 1, 2, 3), condition_dim=16
+)
+
+
+def _tiny_batch(B=4, T=6, L=5, seed=0):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(2, L + 1, B)
+    mask = (np.arange(L)[None] < lengths[:, None]).astype(np.int32)
+    ids = rng.integers(3, 40, (B, L)) * mask
+    codes = rng.integers(0, 8, (B, 4, T))
+    return train.Batch(
+        codes_BKT=jnp.asarray(codes, jnp.int32),
+        text_BLC=None,
+        text_mask_BL=jnp.asarray(mask),
+        text_ids_BL=jnp.asarray(ids, jnp.int32),
+    )
+
+
+def test_a_trained_t5_gets_the_gradients_of_the_loss_computed_through_it():
+    lm = LMModel(TINY_LM, rngs=nnx.Rngs(0))
+    cond = t5.T5Conditioner(TINY_T5, TINY_LM.dim, rngs=nnx.Rngs(1))
+    batch = _tiny_batch()
+    cfg = train.TrainConfig(lr=1e-2, schedule="constant", cfg_dropout=0.0, ema_decay=None)
+    parts, trainable, frozen = train.split_model(lm, cond)
+    assert "t5" in trainable["output_proj"]  # T5 trains, with its projection
+    # The step's loss is the LM's loss on the condition the conditioner computes outside it.
+    expected, _ = train.lm_loss(lm, batch.codes_BKT, cond(batch.text_ids_BL, batch.text_mask_BL))
+    state = train.init_state(cfg, trainable, 0)
+    before = jax.tree.map(np.asarray, state.params)
+    state, metrics = train.train_step(state, frozen, batch, parts, cfg)
+    np.testing.assert_allclose(float(metrics["ce"]), float(expected), rtol=1e-5)
+    shared = lambda p: np.asarray(p["output_proj"]["t5"]["shared"]["embedding"])  # noqa: E731
+    moved = np.abs(shared(state.params) - shared(before)).max(axis=1)
+    used = np.unique(np.asarray(batch.text_ids_BL)[np.asarray(batch.text_mask_BL) == 1])
+    assert np.all(moved[used] > 0)  # every token of the batch got a gradient
+    # A null-condition batch (dropout) sends no gradient into T5: only weight decay moves it.
+    cfg_null = dataclasses.replace(cfg, cfg_dropout=1.0, weight_decay=0.0)
+    state = train.init_state(cfg_null, trainable, 0)
+    state, metrics = train.train_step(state, frozen, batch, parts, cfg_null)
+    assert bool(metrics["dropped"])
+    np.testing.assert_array_equal(shared(state.params), shared(before))
+
+
+def test_a_batch_with_neither_states_nor_ids_is_refused():
+    lm = LMModel(TINY_LM, rngs=nnx.Rngs(0))
+    cond = t5.T5Conditioner(TINY_T5, TINY_LM.dim, rngs=nnx.Rngs(1))
+    parts, trainable, frozen = train.split_model(lm, cond)
+    cfg = train.TrainConfig(lr=1e-3)
+    bad = dataclasses.replace(_tiny_batch(), text_ids_BL=None)
+    with pytest.raises(ValueError, match="batch mismatch"):
+        train.train_step(train.init_state(cfg, trainable, 0), frozen, bad, parts, cfg)
+
+
+def test_batches_are_deterministic_epochs_and_pad_captions_to_a_multiple_of_four():
+    a = model.batch_indices(0, 3, 8, 40)
+    np.testing.assert_array_equal(a, model.batch_indices(0, 3, 8, 40))
+    epoch = np.concatenate([model.batch_indices(0, n, 8, 40) for n in range(5)])
+    assert sorted(epoch) == list(range(40))  # one epoch sees every clip once
+    assert not np.array_equal(
+        epoch, np.concatenate([model.batch_indices(0, n, 8, 40) for n in range(5, 10)])
+    )
+    lengths = np.array([3, 7, 5])
+    ids = np.array([[5, 6, 1, 0, 0, 0, 0], [5, 6, 7, 8, 9, 10, 1], [5, 6, 7, 8, 1, 0, 0]])
+    data = model.Dataset(np.zeros((3, 4, 75), np.int16), ids, lengths, ("a", "b", "c"))
+    b = model.make_batch(data, np.array([0, 2]))
+    assert b.text_ids_BL.shape == (2, 8)  # longest 5 -> 8
+    np.testing.assert_array_equal(b.text_mask_BL.sum(axis=1), [3, 5])
+    np.testing.assert_array_equal(b.text_ids_BL[:, :5], ids[[0, 2], :5])
+
+
+def test_the_toy_configs_fit_the_codec_and_the_size_budget():
+    from audiogen_jax.toy import codec as toy_codec
+
+    cfg = model.TOY_LM
+    assert (cfg.n_q, cfg.card) == (toy_codec.TOY_CODEC.n_q, toy_codec.TOY_CODEC.bins)
+    assert cfg.condition_dim == text.TOY_T5.d_model and model.FRAMES == 75
+    total = sum(os.path.getsize(os.path.join(WEIGHTS, f)) for f in os.listdir(WEIGHTS))
+    total += os.path.getsize(os.path.join(WEIGHTS, checkpoint.TOKENIZER_DIR, "spiece.model"))
+    assert total < 10_000_000
+
+
+def test_the_training_command_writes_a_converted_directory_that_generates(tmp_path, capsys):
+    """The one command, shortened: the tokenizer, the shipped codec reused, 64 clips encoded,
+    3 LM updates; the directory loads like any other and generates."""
+    out = tmp_path / "toy"
+    log = tmp_path / "log.jsonl"
+    argv = ["train", "--out", str(out), "--codec", WEIGHTS, "--lm-steps", "3", "--clips", "64"]
+    assert toy_cli.main([*argv, "--log", str(log), "--no-progress"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(report) >= {"encode", "lm", "total", "lm_loss"}
+    assert checkpoint.is_complete(out)
+    assert [json.loads(line)["stage"] for line in log.read_text().splitlines()] == ["lm"] * 2
+    m = AudioGen.from_pretrained(str(out))
+    assert m.sample_rate == world.SAMPLE_RATE and m.duration == world.DURATION
+    wav = m.generate(["a click"], seed=0)
+    assert wav.shape == (1, 1, int(world.DURATION * world.SAMPLE_RATE))
+
+
+def test_the_toy_command_refuses_bad_settings(capsys):
+    with pytest.raises(SystemExit):
+        toy_cli.main(["train", "--out", "x", "--lm-steps", "0"])
+    assert "--lm-steps must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        toy_cli.main(["train", "--out", "x", "--clips", "8"])
+    assert "--clips must be at least the batch size" in capsys.readouterr().err
+
+
+def test_the_quality_captions_cover_every_scene_once_held_out_last():
+    pairs = quality.captions()
+    assert len(pairs) == len(world.ALL_SCENES) >= 50
+    assert [s for _, s in pairs[-5:]] == list(world.HELD_OUT)
+    assert {s for _, s in pairs} == set(world.ALL_SCENES)
+    for caption, scene in pairs:
+        assert world.parse_caption(caption) == scene
+
+
+# --------------------------------------------------------------------------------------------------
+# The shipped model.
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return AudioGen.from_pretrained("toy")
+
+
+def test_the_shipped_model_loads_by_name(toy):
+    assert toy.directory == WEIGHTS and toy.sample_rate == world.SAMPLE_RATE
+    assert toy.lm.config == model.TOY_LM and toy.conditioner.config == text.TOY_T5
+
+
+# Captions of every kind, and clips per caption; the measured rates are in docs/toy.md.
+SHIPPED_CAPTIONS = (
+    "a high beep repeated three times",
+    "a low beep twice",
+    "a rising chirp",
+    "a falling chirp then a hiss",
+    "two clicks",
+    "a burst of noise",
+)
+SHIPPED_CLIPS = 4
+# Over all 63 captions at CFG 3 the shipped model measured source 92.9%, count 84.9% and exact
+# 75.4% (252 clips, docs/toy.md); over 24 clips the binomial standard deviation at those rates is
+# 5, 7 and 9 points. The thresholds sit about 2-3 deviations below (a random-weight model, or
+# guidance off, reads 11%, 36% and 3%).
+SOURCE_MIN, COUNT_MIN, EXACT_MIN = 0.8, 0.65, 0.55
+
+
+def test_the_shipped_model_makes_what_its_captions_say(toy):
+    """CFG 3, sampling, a fixed seed: the checker reads each clip against its caption's scene.
+    The thresholds sit below the rates measured over all 63 captions (docs/toy.md)."""
+    captions = [c for c in SHIPPED_CAPTIONS for _ in range(SHIPPED_CLIPS)]
+    toy.set_generation_params(cfg_coef=3.0)
+    wav = toy.generate(captions, seed=0)
+    tally = checker.Tally()
+    for w, c in zip(wav[:, 0], captions, strict=True):
+        tally.add(checker.score(world.parse_caption(c), checker.read(w)))
+    acc = tally.accuracy()
+    assert acc["source"] >= SOURCE_MIN, str(tally)
+    assert acc["count"] >= COUNT_MIN, str(tally)
+    assert acc["exact"] >= EXACT_MIN, str(tally)
+
+
+def test_generate_command_with_the_toy_model(tmp_path, capsys):
+    """The issue's "done when": three high beeps from the command line, offline."""
+    out = tmp_path / "out"
+    argv = ["generate", "a high beep repeated three times", "--model", "toy"]
+    rc = cli.main([*argv, "--out-dir", str(out), "--seed", "0", "--no-progress"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    (path,) = captured.out.split()
+    wav, rate = soundfile.read(path, dtype="float32")
+    assert rate == world.SAMPLE_RATE and wav.shape == (int(world.DURATION * rate),)
+    heard = checker.read(wav)
+    assert heard == (world.Event("beep", pitch="high"),) * 3, heard
