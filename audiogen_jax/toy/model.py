@@ -21,8 +21,9 @@ The LM and why:
 - Captions are padded to the batch's longest, and half the batches hold captions of one length
   (no padding at all). The LM's cross-attention has no key mask, so padded zero keys take part in
   its softmax, as they do when a batch of mixed captions is generated; a caption generated alone
-  has none. A model trained only on mixed batches (always some padding) read 75% of mixed-batch
-  clips right but 30% of "a high beep repeated three times" generated alone (docs/toy.md).
+  has none. A model trained only on mixed batches (always some padding) read 75% of clips
+  exactly right when generated in mixed batches but 37% when each caption was generated alone
+  (docs/toy.md).
 
 Everything is a pure function of the seed: the clips, the batch order, the initial weights, the
 dropout coins.
