@@ -476,14 +476,14 @@ def test_offline_hub_fails_fast_with_what_to_do(tmp_path, monkeypatch, capsys):
     message = str(e.value)
     assert elapsed < 2.0, elapsed
     assert "hub.invalid" in message and "6.86 GB" in message
-    assert "--model tiny-random" in message and "audiogen-jax convert" in message
+    assert "--model toy" in message and "audiogen-jax convert" in message
     # The command line asks before loading anything (in a fresh process, before importing JAX).
     start = time.monotonic()
     rc = cli.main(["generate", "a", "--cache-dir", str(tmp_path / "cache"), "--out-dir", "o"])
     assert rc == 1 and time.monotonic() - start < 2.0
     err = capsys.readouterr().err
     assert err.startswith("error: could not download 'facebook/audiogen-medium'")
-    assert "6.86 GB" in err and "--model tiny-random" in err and len(err.splitlines()) == 1
+    assert "6.86 GB" in err and "--model toy" in err and len(err.splitlines()) == 1
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(hub.HubUnreachable, match="HF_HUB_OFFLINE"):
         hub.download(api.DEFAULT_MODEL, api.LM_FILE)
