@@ -82,6 +82,7 @@ from audiogen_jax import (
     lm_params,
     presets,
     sampling,
+    sharding,
     stereo,
     t5,
     t5_params,
@@ -318,6 +319,7 @@ class AudioGen:
     def __init__(self, name: str, compression_model, lm, conditioner, tokenizer):
         self.name = name
         self.directory: str | None = None  # the converted directory, when loaded from one
+        self.placement: sharding.Placement | None = None  # the mesh, when loaded onto one
         self.compression_model = compression_model
         self.lm = lm
         self.conditioner = conditioner
@@ -350,6 +352,7 @@ class AudioGen:
         dtype: Any = None,
         cache_dir: str | None = None,
         verify: bool | None = None,
+        mesh: jax.sharding.Mesh | None = None,
     ) -> AudioGen:
         """Loads a converted directory, `"tiny-random"`, or a hub id (downloaded and converted
         once).
@@ -362,19 +365,29 @@ class AudioGen:
           verify: check every file's sha256 against the manifest (True), sizes only (False), or
             sizes plus the sha256 of files not yet hashed on this machine (None, the default:
             a copied directory is hashed once; costs in docs/security.md).
+          mesh: a device mesh (`sharding.make_mesh`): each device loads only its shards of the
+            weights (`sharding.py` says which), and `generate*` split the descriptions over its
+            data x fsdp devices. None: the default device.
 
         Raises:
           checkpoint.CheckpointError: a directory that is missing, torn (does not match its
             manifest), corrupt, or holds non-finite weights; with how to convert it again.
+          sharding.ShardingError: a mesh the model cannot be split over (naming the dimension).
         """
         directory = resolve(name_or_dir, cache_dir)
         checkpoint.check_directory(directory, hashes=verify)
+        placement = None if mesh is None else sharding.Placement(mesh)
+        shardings = sharding.loader(placement)
         try:
-            codec = EncodecModel.from_pretrained(directory)
-            lm = LMModel.from_pretrained(directory, dtype=dtype)
-            conditioner = t5.T5Conditioner.from_pretrained(directory, with_tokenizer=False)
+            codec = EncodecModel.from_pretrained(directory, shardings=shardings)
+            lm = LMModel.from_pretrained(directory, dtype=dtype, shardings=shardings)
+            if placement is not None:
+                sharding.place_module(lm, placement)  # int8 kernels, quantized from the shards
+            conditioner = t5.T5Conditioner.from_pretrained(
+                directory, with_tokenizer=False, shardings=shardings
+            )
             tokenizer = t5.load_tokenizer(directory)
-        except checkpoint.CheckpointError:
+        except (checkpoint.CheckpointError, sharding.ShardingError):
             raise
         except (ValueError, OSError, KeyError) as e:  # e.g. a truncated file's unreadable header
             raise checkpoint.CheckpointError(
@@ -386,6 +399,7 @@ class AudioGen:
             codec = stereo.InterleaveStereoCompressionModel(codec)
         model = cls(os.fspath(name_or_dir), codec, lm, conditioner, tokenizer)
         model.directory = directory
+        model.placement = placement
         return model
 
     # -- properties ------------------------------------------------------------------------------
@@ -591,6 +605,7 @@ class AudioGen:
             prompt_BKT=prompt_codes,
             progress=progress,
             splits=self._splits,
+            placement=self.placement,
         )
         return (wav, codes) if return_tokens else wav
 
@@ -612,6 +627,9 @@ class MusicGen(AudioGen):
         dtype: Any = None,
         cache_dir: str | None = None,
         verify: bool | None = None,
+        mesh: jax.sharding.Mesh | None = None,
     ) -> MusicGen:
         """As `AudioGen.from_pretrained`, defaulting to facebook/musicgen-small."""
-        return super().from_pretrained(name_or_dir, dtype=dtype, cache_dir=cache_dir, verify=verify)
+        return super().from_pretrained(
+            name_or_dir, dtype=dtype, cache_dir=cache_dir, verify=verify, mesh=mesh
+        )

@@ -68,6 +68,8 @@ CONVERT_HELP = "python convert_weights.py --compression ... --lm ... --t5 ... --
 _CHUNK = 16 << 20  # bytes read at a time when hashing
 
 M = TypeVar("M", bound=nnx.Module)
+# Where each parameter of a module goes: {key: jax Sharding}, or a function of the abstract module.
+Shardings = Mapping[str, Any] | Callable[[Any], Mapping[str, Any]]
 
 
 class CheckpointError(FormatError):
@@ -360,6 +362,7 @@ def load_module(
     weights_path: str | os.PathLike,
     dtype: Any | None = None,
     transposed: Callable[[str], bool] = lambda key: False,
+    shardings: Shardings | None = None,
 ) -> M:
     """Builds the module from its factory's shapes and fills every parameter from a weights file.
 
@@ -372,8 +375,14 @@ def load_module(
       dtype: cast floating-point weights to this dtype; default keeps the file's dtype.
       transposed: which keys the module holds transposed from the file (2-D kernels whose layout
         is chosen at load time, see `lm.py`).
+      shardings: {key: jax Sharding} for the module, or a function of the abstract module giving
+        it (`sharding.loader`): each device then receives only its own shard of each tensor, cut
+        on the host, so no device ever holds a whole model it was not meant to.
     """
-    graphdef, state = nnx.split(abstract_module(factory))
+    abstract = abstract_module(factory)
+    if callable(shardings):
+        shardings = shardings(abstract)
+    graphdef, state = nnx.split(abstract)
     flat = nnx.to_flat_state(state)
     f = open_weights(weights_path)
     want = {path_key(p): v for p, v in flat}
@@ -400,6 +409,9 @@ def load_module(
         except FormatError as e:
             raise CheckpointError(f"{e}; the file looks incomplete: convert it again") from e
         _check_finite(arr, key, weights_path)
+        if shardings is not None:
+            var.set_value(_put_shards(arr, shardings[key], transposed(key), dtype))
+            continue
         value = jnp.asarray(arr)
         del arr
         cast = dtype is not None and jnp.issubdtype(value.dtype, jnp.floating)
@@ -407,6 +419,18 @@ def load_module(
             value = _relayout(value, transposed(key), jnp.dtype(dtype) if cast else value.dtype)
         var.set_value(value)
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def _put_shards(arr: np.ndarray, sharding, transpose: bool, dtype) -> jax.Array:
+    """A global array with each addressable device's shard cut (and cast) from the host copy."""
+    host = arr.T if transpose else arr
+    if dtype is not None and jnp.issubdtype(host.dtype, jnp.floating):
+        dtype = np.dtype(dtype)
+    else:
+        dtype = host.dtype
+    return jax.make_array_from_callback(
+        host.shape, sharding, lambda index: np.ascontiguousarray(host[index], dtype=dtype)
+    )
 
 
 def _check_finite(arr: np.ndarray, key: str, weights_path: str | os.PathLike) -> None:

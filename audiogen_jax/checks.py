@@ -15,8 +15,9 @@ import jax
 
 
 def is_concrete(x: Any) -> bool:
-    """True when x's values can be read: anything but a tracer (inside `jit`, `scan`, `vmap`)."""
-    return not isinstance(x, jax.core.Tracer)
+    """True when x's values can be read here: anything but a tracer (inside `jit`, `scan`, `vmap`)
+    or an array with shards on other processes (multi-host)."""
+    return not isinstance(x, jax.core.Tracer) and getattr(x, "is_fully_addressable", True)
 
 
 def finite_number(name: str, value: Any) -> float:

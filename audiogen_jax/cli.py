@@ -5,6 +5,7 @@
     audiogen-jax generate "rain" --model tiny-random --duration 1 --out-dir out/   # offline, noise
     audiogen-jax generate "footsteps" --continue prompt.wav --duration 6 --out-dir out/
     audiogen-jax generate "lo-fi piano" --model facebook/musicgen-small --out-dir out/  # music
+    audiogen-jax generate --prompts-file prompts.txt --mesh data=8 --out-dir out/  # one per line
     audiogen-jax convert --compression compression_state_dict.bin --lm state_dict.bin \\
         --t5 t5-large --out DIR
 
@@ -17,6 +18,11 @@ Manners:
   all its files or none: each is written under a temporary name beside its destination and they are
   moved into place together at the end (`atomic.commit_files`). Durations beyond
   `MAX_DURATION` need `--allow-long`.
+- `generate --prompts-file` makes one clip per line in batches of `--batch-size` under one progress
+  bar, each batch's files moved into place when the batch is done; a batch whose files all exist
+  is skipped (without `--overwrite`, existing files are kept), so an interrupted run continues
+  where it stopped. `--mesh` spreads the weights and the batch over devices (`sharding.py`), and
+  `--distributed` makes this process one of several that run the same command (process 0 writes).
 - `convert` builds the converted directory beside `--out` and swaps it in whole, its manifest
   written last; a second converter on the same `--out` is refused while the first runs
   (`checkpoint.writing`).
@@ -158,6 +164,8 @@ examples:
   # continue a recording, greedy, as 24-bit FLAC, from a converted directory
   audiogen-jax generate "footsteps" --continue prompt.wav --duration 6 --greedy \\
       --format flac --model audiogen-medium/
+  # one clip per line of a file, in batches spread over 8 devices
+  audiogen-jax generate --prompts-file prompts.txt --mesh data=8 --seed 0 --out-dir out/
 
 Outputs are named NN_<description>.<format> in --out-dir (default: the current directory). An
 existing file is never replaced unless --overwrite is given; a run writes all its files or none.
@@ -173,6 +181,35 @@ def _generate_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("descriptions", nargs="*", help="one text description per output file")
+    p.add_argument(
+        "--prompts-file",
+        default=None,
+        metavar="FILE",
+        help="a text file of descriptions, one clip per line (blank lines skipped)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="clips per batch with --prompts-file (default 8, or a multiple of the mesh's "
+        "data x fsdp devices)",
+    )
+    p.add_argument(
+        "--mesh",
+        default=None,
+        metavar="AXIS=N,...",
+        help="device mesh, e.g. data=2,tensor=4 (axes data, fsdp, tensor; -1: the rest); "
+        "default: one device",
+    )
+    p.add_argument(
+        "--distributed",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="HOST:PORT,N,I",
+        help="run as one of N processes (every host runs the same command; process 0 writes the "
+        "files); alone, JAX finds the cluster (Cloud TPU slice, SLURM)",
+    )
     p.add_argument(
         "--model",
         default=DEFAULT_MODEL,
@@ -259,12 +296,27 @@ def _slug(text: str, n: int = 40) -> str:
 
 
 def _output_paths(args: argparse.Namespace) -> list[str]:
-    """Where each output goes: NN_<slug of its description>.<format> in --out-dir."""
+    """Where each output goes: NN_<slug of its description>.<format> in --out-dir (NN as wide as
+    the largest index needs, at least two digits)."""
     conds = args.descriptions or [None]
     names = [_slug(d) if d else "continuation" for d in conds]
+    width = max(2, len(str(len(conds) - 1)))
     return [
-        os.path.join(args.out_dir, f"{i:02d}_{name}.{args.format}") for i, name in enumerate(names)
+        os.path.join(args.out_dir, f"{i:0{width}d}_{name}.{args.format}")
+        for i, name in enumerate(names)
     ]
+
+
+def _read_prompts(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line.strip() for line in f]
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"--prompts-file {path}: cannot be read ({e})") from e
+    prompts = [line for line in lines if line]
+    if not prompts:
+        raise UsageError(f"--prompts-file {path}: no descriptions (every line is blank)")
+    return prompts
 
 
 def _check_out_dir(out_dir: str) -> None:
@@ -301,9 +353,29 @@ def _read_prompt(path: str):
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    """Every check that needs neither the model nor reading a file; raises UsageError."""
-    from audiogen_jax import checks, sampling
+    """Every check that needs neither the model nor reading an audio file; raises UsageError."""
+    from audiogen_jax import checks, sampling, sharding
 
+    if args.prompts_file is not None:
+        if args.descriptions or args.prompt is not None:
+            raise UsageError("--prompts-file takes no other descriptions and no --continue")
+        args.descriptions = _read_prompts(args.prompts_file)
+        if args.batch_size is not None and args.batch_size < 1:
+            raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    elif args.batch_size is not None:
+        raise UsageError("--batch-size applies to --prompts-file")
+    if args.mesh is not None:
+        try:
+            args.mesh_sizes = sharding.parse_mesh(args.mesh)
+        except sharding.ShardingError as e:
+            raise UsageError(str(e)) from e
+    if args.distributed is not None:
+        if args.seed is None:
+            raise UsageError("--distributed needs --seed: every process must draw the same numbers")
+        try:
+            sharding.parse_distributed(args.distributed)
+        except sharding.ShardingError as e:
+            raise UsageError(str(e)) from e
     if not args.descriptions and args.prompt is None:
         raise UsageError("give at least one description (or --continue PROMPT.wav)")
     for i, d in enumerate(args.descriptions):
@@ -335,7 +407,8 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.prompt is not None and not os.path.isfile(args.prompt):
         raise UsageError(f"--continue {args.prompt}: no such file")
     _check_out_dir(args.out_dir)
-    if not args.overwrite:
+    # --prompts-file keeps existing files and skips their batches: that is how a run resumes.
+    if not args.overwrite and args.prompts_file is None:
         existing = [p for p in _output_paths(args) if os.path.lexists(p)]
         if existing:
             raise UsageError(
@@ -391,10 +464,13 @@ def _generate(argv: list[str]) -> int:
         if problem is not None:
             return _fail(RuntimeError(problem), 1)
     from audiogen_jax.checkpoint import CheckpointError
+    from audiogen_jax.sharding import ShardingError
 
     try:
         _check_args(args)
         prompt = _read_prompt(args.prompt) if args.prompt is not None else None
+        mesh = _make_mesh(args)
+        batch_size = _batch_size(args, mesh)
         _check_against_model(args, prompt)
     except UsageError as e:
         return _fail(e, 2)
@@ -408,23 +484,120 @@ def _generate(argv: list[str]) -> int:
 
     if args.model == presets.TINY_RANDOM:
         print(presets.NOISE_WARNING, file=sys.stderr)
-    model = AudioGen.from_pretrained(args.model, dtype=args.dtype, cache_dir=args.cache_dir)
+    try:
+        model = AudioGen.from_pretrained(
+            args.model, dtype=args.dtype, cache_dir=args.cache_dir, mesh=mesh
+        )
+    except ShardingError as e:  # checked on the model's shapes before its weights are read
+        return _fail(UsageError(f"--mesh {args.mesh}: {e}"), 2)
     model.set_generation_params(
         duration=args.duration, extend_stride=args.extend_stride, **_sampling_settings(args)
     )
-    progress = not args.no_progress
-    if prompt is not None:
-        wav_CW, rate = prompt
-        conds = list(args.descriptions) or [None]
-        wav = model.generate_continuation(
-            np.stack([wav_CW] * len(conds)), rate, conds, progress=progress, seed=args.seed
-        )
+    paths = _output_paths(args)
+    if args.prompts_file is not None:
+        written = _generate_file(model, list(args.descriptions), paths, batch_size, args)
     else:
-        wav = model.generate(list(args.descriptions), progress=progress, seed=args.seed)
-    written = _write_all(wav, model.sample_rate, _output_paths(args), args)
+        progress = not args.no_progress and _writes()
+        if prompt is not None:
+            wav_CW, rate = prompt
+            conds = list(args.descriptions) or [None]
+            wav = model.generate_continuation(
+                np.stack([wav_CW] * len(conds)), rate, conds, progress=progress, seed=args.seed
+            )
+        else:
+            wav = model.generate(list(args.descriptions), progress=progress, seed=args.seed)
+        written = _write_all(wav, model.sample_rate, paths, args) if _writes() else []
     for path in written:
         print(path)
     return 0
+
+
+def _make_mesh(args: argparse.Namespace):
+    """Joins the other processes (--distributed) and builds the --mesh; None for one device.
+
+    A mesh that needs more devices than exist is bad input (UsageError)."""
+    from audiogen_jax import sharding
+
+    if args.distributed is not None:
+        sharding.initialize_distributed(args.distributed)
+    if args.mesh is None:
+        return None
+    try:
+        return sharding.make_mesh(**args.mesh_sizes)
+    except sharding.ShardingError as e:
+        raise UsageError(f"--mesh {args.mesh}: {e}") from e
+
+
+def _batch_size(args: argparse.Namespace, mesh) -> int:
+    """Clips per batch: --batch-size, or 8 rounded to the mesh's batch devices (--prompts-file);
+    every output at once otherwise. A batch must split over the mesh's batch devices."""
+    from audiogen_jax import sharding
+
+    devices = 1 if mesh is None else sharding.Placement(mesh).batch_devices
+    # 2 * size rows ([cond; null]) must divide over the devices: size a multiple of devices / 2.
+    step = devices // math.gcd(2, devices)
+    if args.prompts_file is None:
+        size = len(args.descriptions or [None])
+        if size % step:
+            raise UsageError(
+                f"--mesh {args.mesh}: {size} descriptions make {2 * size} rows with the null "
+                f"condition, which do not divide over the mesh's {devices} batch devices "
+                f"(data x fsdp): give a multiple of {step} descriptions"
+            )
+        return size
+    size = args.batch_size or devices * max(1, 8 // devices)
+    if size % step:
+        raise UsageError(
+            f"--batch-size {size} does not divide over the mesh's {devices} batch devices "
+            f"(data x fsdp); use a multiple of {step}"
+        )
+    return size
+
+
+def _writes() -> bool:
+    """Whether this process writes the outputs (process 0 of a --distributed run)."""
+    import jax
+
+    return jax.process_index() == 0
+
+
+def _generate_file(
+    model, prompts: list[str], paths: list[str], size: int, args: argparse.Namespace
+) -> list[str]:
+    """--prompts-file: batches of `size` clips (the last one padded by repeating its last prompt,
+    so every batch runs the same compiled program), batch k seeded with seed + k. A batch's
+    existing files are kept unless --overwrite; a batch with all its files is skipped.
+
+    Returns the paths this process wrote."""
+    import jax
+    from tqdm.auto import tqdm
+
+    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
+    written, skipped = [], 0
+    bar = tqdm(
+        total=len(prompts),
+        desc="generating",
+        unit="clip",
+        disable=args.no_progress or not _writes(),
+    )
+    for k, first in enumerate(range(0, len(prompts), size)):
+        batch, batch_paths = prompts[first : first + size], paths[first : first + size]
+        todo = [p for p in batch_paths if args.overwrite or not os.path.lexists(p)]
+        # Several processes run every batch in step (they share each program), so only a lone
+        # process skips what it finds written.
+        if not todo and jax.process_count() == 1:
+            skipped += len(batch)
+        else:
+            padded = batch + [batch[-1]] * (size - len(batch))
+            wav = model.generate(padded, seed=seed + k)[: len(batch)]
+            if _writes():
+                keep = [i for i, p in enumerate(batch_paths) if p in todo]
+                written += _write_all(wav[keep], model.sample_rate, todo, args)
+        bar.update(len(batch))
+    bar.close()
+    if skipped:
+        print(f"{skipped} clips already in {args.out_dir} were kept", file=sys.stderr)
+    return written
 
 
 def _write_all(wav_B1W, sample_rate: int, paths: list[str], args: argparse.Namespace) -> list[str]:

@@ -486,12 +486,14 @@ class EncodecModel(nnx.Module):
         self.quantizer = ResidualVectorQuantizer(cfg.dimension, cfg.n_q, cfg.bins, rngs=rngs)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> EncodecModel:
+    def from_pretrained(
+        cls, directory: str | os.PathLike, shardings: checkpoint.Shardings | None = None
+    ) -> EncodecModel:
         """Loads a converted directory (`config.json` section 'compression' +
-        `compression.safetensors`)."""
+        `compression.safetensors`); `shardings` as `checkpoint.load_module`'s."""
         cfg = EncodecConfig.from_dict(checkpoint.read_config(directory, "compression"))
         path = os.path.join(directory, checkpoint.WEIGHT_FILES["compression"])
-        return checkpoint.load_module(lambda: cls(cfg, rngs=nnx.Rngs(0)), path)
+        return checkpoint.load_module(lambda: cls(cfg, rngs=nnx.Rngs(0)), path, shardings=shardings)
 
     @property
     def sample_rate(self) -> int:

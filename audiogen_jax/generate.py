@@ -74,6 +74,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -83,7 +84,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from audiogen_jax import checks, patterns, sampling, t5
+from audiogen_jax import checks, patterns, sampling, sharding, t5
 from audiogen_jax import lm as lmlib
 
 UNKNOWN = -1  # a code not generated yet (the reference's `unknown_token`)
@@ -253,7 +254,7 @@ class DecodeState:
 
 
 @functools.partial(
-    jax.jit, static_argnames=("lm_def", "cond_def", "frames_b", "params", "progress")
+    jax.jit, static_argnames=("lm_def", "cond_def", "frames_b", "params", "progress", "placement")
 )
 def _token_program(
     lm_def,
@@ -265,9 +266,14 @@ def _token_program(
     frames_b: int,
     params: sampling.SamplingParams,
     progress: bool,
+    placement: sharding.Placement | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """One window of generation: codes [B, K, frames_b] (frames >= num_frames hold `card`), and
-    whether any step's guided logits were not finite (its codes are then meaningless)."""
+    whether any step's guided logits were not finite (its codes are then meaningless).
+
+    With a `placement` the weights and text rows arrive sharded; the KV cache is pinned to rows over
+    data x fsdp and heads over tensor, and the codes come back whole on every device.
+    """
     lm = nnx.merge(lm_def, lm_state)
     conditioner = nnx.merge(cond_def, cond_state)
     cfg = lm.config
@@ -277,7 +283,7 @@ def _token_program(
 
     # Text -> [cond; null] condition, then the cross-attention keys/values, once.
     condition_2BLD = conditioner(window.ids_2BL, window.mask_2BL)
-    cache = lmlib.init_cache(lm, condition_2BLD, S_b)
+    cache = sharding.constrain_cache(lmlib.init_cache(lm, condition_2BLD, S_b), placement)
 
     # The code buffer: prompt frames, then unknown frames, then (bucket padding) frames outside the
     # pattern, which the delay layout turns into special cells like the reference's pattern of
@@ -318,6 +324,7 @@ def _token_program(
         nonfinite = state.nonfinite | ~jnp.all(jnp.isfinite(guided_BKV))
         if progress:
             jax.debug.callback(_report_progress, i)
+        cache = sharding.constrain_cache(cache, placement)
         return DecodeState(seq_BKS=seq_BKS, cache=cache, nonfinite=nonfinite)
 
     def body(state: DecodeState, i: jax.Array) -> tuple[DecodeState, None]:
@@ -327,7 +334,8 @@ def _token_program(
     # The scan covers the longest possible run (no prompt); iterations past `stop` are skipped.
     init = DecodeState(seq_BKS=seq_BKS, cache=cache, nonfinite=jnp.bool_(False))
     state, _ = jax.lax.scan(body, init, jnp.arange(S_b - 1 - min(delays)))
-    return patterns.revert_delayed(state.seq_BKS, delays, frames_b), state.nonfinite
+    codes_BKT = patterns.revert_delayed(state.seq_BKS, delays, frames_b)
+    return sharding.constrain(codes_BKT, (), placement), state.nonfinite
 
 
 # --------------------------------------------------------------------------------------------------
@@ -404,9 +412,12 @@ def _call_program(
     frames_b: int,
     params: sampling.SamplingParams,
     progress: bool,
+    placement: sharding.Placement | None = None,
 ) -> Any:
     """`method` (`_token_program` or its `.trace`) on one window's inputs."""
     (lm_def, lm_state), (cond_def, cond_state) = splits
+    if placement is not None:
+        window = _place_window(window, placement)
     return method(
         lm_def,
         cond_def,
@@ -416,6 +427,26 @@ def _call_program(
         frames_b=frames_b,
         params=params,
         progress=progress,
+        placement=placement,
+    )
+
+
+def _place_window(window: Window, placement: sharding.Placement) -> Window:
+    """The text rows split over data x fsdp, the rest replicated (same values on every process)."""
+    B2 = window.ids_2BL.shape[0]
+    if B2 % placement.batch_devices:
+        raise sharding.ShardingError(
+            f"{B2 // 2} descriptions make {B2} rows with the null condition, which do not divide "
+            f"over the mesh's {placement.batch_devices} batch devices (data x fsdp): give a "
+            f"multiple of {placement.batch_devices // math.gcd(2, placement.batch_devices)} "
+            "descriptions"
+        )
+    rows = {"ids_2BL", "mask_2BL"}
+    return Window(
+        **{
+            f.name: placement.put(getattr(window, f.name), ("batch",) if f.name in rows else ())
+            for f in dataclasses.fields(Window)
+        }
     )
 
 
@@ -426,11 +457,12 @@ def _run_window(
     params: sampling.SamplingParams,
     progress: Progress,
     steps: int,
+    placement: sharding.Placement | None = None,
 ) -> tuple[np.ndarray, bool]:
     """Runs the program on one window of `steps` LM steps: int32 [B, K, frames_b] numpy codes,
     and whether some logits were not finite."""
     run = functools.partial(
-        _call_program, _token_program, splits, window, frames_b, params, bool(progress)
+        _call_program, _token_program, splits, window, frames_b, params, bool(progress), placement
     )
     if not progress:
         reporter = contextlib.nullcontext()
@@ -452,6 +484,7 @@ def trace_program(
     *,
     key: jax.Array,
     prompt_BKT: np.ndarray | None = None,
+    placement: sharding.Placement | None = None,
 ) -> jax.stages.Traced:
     """The compiled program of the first window, traced but not run.
 
@@ -465,7 +498,7 @@ def trace_program(
     )
     splits = (nnx.split(lm), nnx.split(conditioner))
     params = _static_params(settings, lm.config.card)
-    return _call_program(_token_program.trace, splits, window, frames_b, params, False)
+    return _call_program(_token_program.trace, splits, window, frames_b, params, False, placement)
 
 
 def generate_codes(
@@ -479,6 +512,7 @@ def generate_codes(
     prompt_BKT: np.ndarray | None = None,
     progress: Progress = False,
     splits: Splits | None = None,
+    placement: sharding.Placement | None = None,
 ) -> np.ndarray:
     """Generates `settings.duration` of codes, with the sliding window beyond `max_duration`.
 
@@ -492,6 +526,8 @@ def generate_codes(
         none.
       progress: True shows a tqdm bar per window; a callable is called with each step's index.
       splits: `(nnx.split(lm), nnx.split(conditioner))`, to skip re-splitting on every call.
+      placement: the mesh the weights are sharded over (`sharding.py`); the 2B text rows must
+        divide over its data x fsdp devices. None: one device.
 
     Returns:
       int32 [B, K, T] numpy codes, prompt included (T = `settings.num_frames`).
@@ -527,7 +563,7 @@ def generate_codes(
             prompt_BKT=prompt,
         )
         steps = num_frames + max(delays) - prompt_len - min(delays)
-        codes, nonfinite = _run_window(splits, window, frames_b, params, progress, steps)
+        codes, nonfinite = _run_window(splits, window, frames_b, params, progress, steps, placement)
         if nonfinite:
             raise FloatingPointError(
                 f"the LM gave NaN or infinite logits (window {w}), so the codes are meaningless: "
@@ -562,6 +598,7 @@ def generate(
     prompt_BKT: np.ndarray | None = None,
     progress: Progress = False,
     splits: Splits | None = None,
+    placement: sharding.Placement | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Text (and optional prompt codes) -> codes [B, K, T] and audio [B, 1, T * hop].
 
@@ -587,6 +624,10 @@ def generate(
         prompt_BKT=prompt_BKT,
         progress=progress,
         splits=splits,
+        placement=placement,
     )
-    wav_B1W = np.asarray(jax.device_get(codec.decode(jnp.asarray(codes_BKT))), np.float32)
+    codes = jnp.asarray(codes_BKT)
+    if placement is not None:  # EnCodec runs data-parallel over the rows when they divide
+        codes = placement.put(codes_BKT, () if len(codes) % placement.batch_devices else ("batch",))
+    wav_B1W = sharding.to_host(codec.decode(codes)).astype(np.float32)
     return codes_BKT, wav_B1W

@@ -5,7 +5,8 @@ w ~ q * scale[:, None], q in [-127, 127], stored int8 [out, in] with a float32 s
 run time the activations are quantized per row (per token) on the fly and the product runs
 int8 x int8 -> int32, rescaled by both scales. XLA:CPU has no fast int8-weight x float dot, so
 quantizing the activations too is what makes int8 weights pay. Embeddings, norms and biases stay
-float32. Error against float32 and speed: docs/performance.md ("int8 weights").
+float32. Error against float32: docs/parity.md ("LM in bfloat16 and int8"); speed:
+docs/performance.md.
 """
 
 from __future__ import annotations

@@ -400,7 +400,9 @@ class LMModel(nnx.Module):
         )
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, dtype=None) -> LMModel:
+    def from_pretrained(
+        cls, directory: str | os.PathLike, dtype=None, shardings: checkpoint.Shardings | None = None
+    ) -> LMModel:
         """Loads DIR/config.json['lm'] + DIR/lm.safetensors.
 
         Each kernel is read from the file's `[in, out]` and laid out for the dtype as it is read
@@ -411,6 +413,8 @@ class LMModel(nnx.Module):
           dtype: None keeps the file's weight dtype (a bf16 file stays bf16); float32, bfloat16 or
             float16 casts each tensor as it is read; int8 quantizes the kernels after loading (load
             a bf16 file: less memory).
+          shardings: where each weight goes (`checkpoint.load_module`); default the default
+            device. An int8 model is quantized from the float shards and left where that puts it.
         """
         cfg = LMConfig.from_dict(checkpoint.read_config(directory, "lm"))
         path = os.path.join(directory, checkpoint.WEIGHT_FILES["lm"])
@@ -423,6 +427,7 @@ class LMModel(nnx.Module):
             path,
             dtype=read_dtype,
             transposed=lambda key: layout != DISK_LAYOUT and key.endswith(".kernel"),
+            shardings=shardings,
         )
         if target == jnp.int8:
             lm = lm.astype(jnp.int8)

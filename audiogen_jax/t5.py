@@ -472,12 +472,18 @@ class T5Conditioner(nnx.Module):
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | os.PathLike, *, with_tokenizer: bool = True
+        cls,
+        directory: str | os.PathLike,
+        *,
+        with_tokenizer: bool = True,
+        shardings: checkpoint.Shardings | None = None,
     ) -> T5Conditioner:
         """Loads a converted directory.
 
         Reads DIR/t5.safetensors (config['t5']), DIR/conditioner.safetensors (config['conditioner'];
         keys `kernel` [d_model, D] and `bias` [D], written by `convert_lm`) and DIR/tokenizer/.
+        `shardings` (as `checkpoint.load_module`'s) covers the whole conditioner: keys `t5.*` and
+        `output_proj.*`.
         """
         directory = os.fspath(directory)
         cfg = T5Config.from_dict(checkpoint.read_config(directory, "t5"))
@@ -488,16 +494,25 @@ class T5Conditioner(nnx.Module):
                 f"T5 d_model {cfg.d_model}"
             )
         out_dim = int(cond["output_dim"])
+        model = nnx.eval_shape(
+            lambda: cls(cfg, out_dim, rngs=nnx.Rngs(0), name=cond.get("name", "t5-large"))
+        )
+        placed = shardings(model) if callable(shardings) else shardings
+
+        def part(prefix: str):
+            if placed is None:
+                return None
+            return {k[len(prefix) :]: v for k, v in placed.items() if k.startswith(prefix)}
+
         t5 = checkpoint.load_module(
             lambda: T5EncoderModel(cfg, rngs=nnx.Rngs(0)),
             os.path.join(directory, checkpoint.WEIGHT_FILES["t5"]),
+            shardings=part("t5."),
         )
         proj = checkpoint.load_module(
             lambda: _linear(cfg.d_model, out_dim, None, nnx.Rngs(0), use_bias=True),
             os.path.join(directory, CONDITIONER_FILE),
-        )
-        model = nnx.eval_shape(
-            lambda: cls(cfg, out_dim, rngs=nnx.Rngs(0), name=cond.get("name", "t5-large"))
+            shardings=part("output_proj."),
         )
         model.t5, model.output_proj = t5, proj
         if with_tokenizer:

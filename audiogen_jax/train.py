@@ -366,11 +366,41 @@ def loss_and_grads(trainable, frozen, parts: Parts, batch: Batch, drop, cfg: Tra
     return jax.tree.map(lambda x: x / A, total)
 
 
-@functools.partial(jax.jit, static_argnames=("parts", "cfg"), donate_argnums=0)
-def _train_step(state: TrainState, frozen, batch: Batch, parts: Parts, cfg: TrainConfig):
+@dataclasses.dataclass(frozen=True)
+class StateShardings:
+    """Where a sharded state's arrays live, in a hashable form (a static argument of the step)."""
+
+    treedef: Any
+    leaves: tuple[jax.sharding.Sharding, ...]
+
+    @classmethod
+    def of(cls, state: TrainState) -> StateShardings | None:
+        """The shardings of a state spread over a mesh (`sharding.py`); None on one device."""
+        leaves, treedef = jax.tree.flatten(jax.tree.map(lambda x: x.sharding, state))
+        if all(len(s.device_set) == 1 for s in leaves):
+            return None
+        return cls(treedef, tuple(leaves))
+
+    def tree(self) -> TrainState:
+        return jax.tree.unflatten(self.treedef, self.leaves)
+
+
+@functools.partial(jax.jit, static_argnames=("parts", "cfg", "shardings"), donate_argnums=0)
+def _train_step(
+    state: TrainState,
+    frozen,
+    batch: Batch,
+    parts: Parts,
+    cfg: TrainConfig,
+    shardings: StateShardings | None,
+):
     key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
     drop = jax.random.uniform(key) < cfg.cfg_dropout
     ce, ce_K, grads = loss_and_grads(state.params, frozen, parts, batch, drop, cfg)
+    if shardings is not None:
+        # Gradients land where their parameters live (a reduce-scatter under fsdp, not a
+        # replicated all-reduce), and so does everything the update writes.
+        grads = jax.lax.with_sharding_constraint(grads, shardings.tree().params)
     grad_norm = optax.tree.norm(grads)
     tx = make_optimizer(cfg)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -394,6 +424,8 @@ def _train_step(state: TrainState, frozen, batch: Batch, parts: Parts, cfg: Trai
     new_state = TrainState(
         step=step, params=params, opt_state=opt_state, ema_state=ema_state, key=state.key
     )
+    if shardings is not None:
+        new_state = jax.lax.with_sharding_constraint(new_state, shardings.tree())
     return new_state, metrics
 
 
@@ -401,6 +433,10 @@ def train_step(
     state: TrainState, frozen, batch: Batch, parts: Parts, cfg: TrainConfig
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer update (one compiled program; `state` is donated: use the returned one).
+
+    A state spread over a device mesh (placed with `sharding.train_shardings`, the batch with
+    `sharding.batch_shardings`) comes back with every array where it was: the same program,
+    partitioned by GSPMD.
 
     Args:
       state: from `init_state` or a previous step.
@@ -423,4 +459,4 @@ def train_step(
             f"batch mismatch: codes {batch.codes_BKT.shape}, text "
             f"{getattr(text, 'shape', None)}, mask {batch.text_mask_BL.shape}"
         )
-    return _train_step(state, frozen, batch, parts, cfg)
+    return _train_step(state, frozen, batch, parts, cfg, StateShardings.of(state))

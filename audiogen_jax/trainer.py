@@ -3,6 +3,7 @@
     audiogen-jax train sounds/ --model tiny-random --out runs/a --steps 200 --batch-size 4
     audiogen-jax train sounds/ --model DIR --out runs/b --lora-rank 16 --dtype bfloat16
     audiogen-jax train sounds/ --model DIR --out runs/b --resume --steps 400   # continue
+    audiogen-jax train sounds/ --model DIR --out runs/c --mesh fsdp=-1       # over all devices
 
 What a run does, in order: check every flag; resolve the model (a converted directory,
 `tiny-random`, or a hub id); find the captioned audio (`data.py`; skipped files are listed); encode
@@ -17,7 +18,9 @@ under a progress bar showing the loss. RUN_DIR receives:
 
 Resuming restores the last checkpoint and replays nothing: batches are a pure function of
 (seed, step) and the step is deterministic, so the resumed loss curve is bit-identical to an
-uninterrupted run's. Ctrl-C finishes the current update, writes a checkpoint and exits (status
+uninterrupted run's. `--mesh` spreads the batch, the weights, gradients, optimizer state and EMA
+over devices (`sharding.py`); a run may resume on another mesh (checkpoints are restored straight
+into the new shardings). Ctrl-C finishes the current update, writes a checkpoint and exits (status
 130). A non-finite loss stops the run (status 1) without checkpointing the bad state, so the last
 checkpoint on disk is the last good one.
 
@@ -108,6 +111,12 @@ def parser() -> argparse.ArgumentParser:
         choices=["ema", "raw"],
         help="export the EMA weights (as the reference releases) or the last ones",
     )
+    p.add_argument(
+        "--mesh",
+        default=None,
+        metavar="AXIS=N,...",
+        help="device mesh, e.g. data=2,fsdp=4 (axes data, fsdp, tensor; -1: the rest)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -130,6 +139,13 @@ def _check_args(args) -> None:
     for ok, msg in checks:
         if not ok:
             raise TrainError(msg)
+    if args.mesh is not None:
+        from audiogen_jax import sharding
+
+        try:
+            args.mesh_sizes = sharding.parse_mesh(args.mesh)
+        except sharding.ShardingError as e:
+            raise TrainError(str(e)) from e
     if args.warmup is None:
         args.warmup = max(1, min(3000, args.steps // 10))
 
@@ -155,6 +171,7 @@ def _settings(args, model_dir: str, max_duration: float) -> dict:
         "warmup": args.warmup,
         "dtype": args.dtype,
         "cfg_dropout": args.cfg_dropout,
+        "mesh": args.mesh,
     }
 
 
@@ -228,7 +245,11 @@ def _restore(manager, state):
     if step is None:
         return state
     leaves, treedef = jax.tree.flatten(state)
-    target = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in _flat(state).items()}
+    # Each array is read straight into the sharding `state` has now, whatever mesh wrote it.
+    target = {
+        k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding)
+        for k, v in _flat(state).items()
+    }
     try:
         restored = manager.restore(step, args=ocp.args.StandardRestore(target))
     except (ValueError, KeyError) as e:
@@ -322,7 +343,7 @@ def run(args, on_step=None) -> int:
     from flax import nnx
     from tqdm import tqdm
 
-    from audiogen_jax import audiogen, checkpoint, data, lora, presets, t5, train
+    from audiogen_jax import audiogen, checkpoint, data, lora, presets, sharding, t5, train
     from audiogen_jax.encodec import EncodecModel
     from audiogen_jax.lm import LMModel
 
@@ -330,11 +351,24 @@ def run(args, on_step=None) -> int:
     if args.model == presets.TINY_RANDOM:
         print(presets.NOISE_WARNING, file=sys.stderr)
     try:
+        mesh = None if args.mesh is None else sharding.make_mesh(**args.mesh_sizes)
+    except sharding.ShardingError as e:
+        raise TrainError(f"--mesh {args.mesh}: {e}") from e
+    placement = None if mesh is None else sharding.Placement(mesh)
+    if placement is not None and args.batch_size % placement.batch_devices:
+        raise TrainError(
+            f"--batch-size {args.batch_size} does not divide over the mesh's "
+            f"{placement.batch_devices} batch devices (data x fsdp)"
+        )
+    try:
         model_dir = audiogen.resolve(args.model)
-        conditioner = t5.T5Conditioner.from_pretrained(model_dir)
+        shardings = sharding.loader(placement)
+        conditioner = t5.T5Conditioner.from_pretrained(model_dir, shardings=shardings)
         codec = EncodecModel.from_pretrained(model_dir)
         base_dtype = jnp.bfloat16 if (args.lora_rank and args.dtype == "bfloat16") else jnp.float32
-        lm = LMModel.from_pretrained(model_dir, dtype=base_dtype)
+        lm = LMModel.from_pretrained(model_dir, dtype=base_dtype, shardings=shardings)
+    except sharding.ShardingError as e:
+        raise TrainError(f"--mesh {args.mesh}: {e}") from e
     except (checkpoint.CheckpointError, ValueError, OSError) as e:
         raise TrainError(f"--model {args.model}: {e}") from e
     if lm.config.interleave_stereo:  # the data cache encodes mono audio
@@ -378,6 +412,11 @@ def run(args, on_step=None) -> int:
         lm, conditioner.output_proj, lora=args.lora_rank > 0
     )
     state = train.init_state(cfg, trainable, seed=args.seed)
+    if placement is not None:
+        proj = conditioner.output_proj
+        state = jax.device_put(state, sharding.train_shardings(state, placement, lm, proj))
+        frozen = jax.device_put(frozen, sharding.train_shardings(frozen, placement, lm, proj))
+        del proj
     del lm, trainable, conditioner
     manager = _checkpoint_manager(args.out)
     if args.resume:
@@ -387,7 +426,8 @@ def run(args, on_step=None) -> int:
     print(
         f"training {what} on {len(dataset)} segments of {settings['segment_seconds']:g} s from "
         f"{len(keys)} files: batch {args.batch_size}, updates {start}..{args.steps}, "
-        f"lr {args.lr:g} (warm-up {args.warmup}), {args.dtype} compute",
+        f"lr {args.lr:g} (warm-up {args.warmup}), {args.dtype} compute"
+        + ("" if mesh is None else f", mesh {sharding.describe(mesh)}"),
         file=sys.stderr,
     )
 
@@ -400,7 +440,11 @@ def run(args, on_step=None) -> int:
         )
         last = time.perf_counter()
         for step in range(start, args.steps):
-            batch = jax.tree.map(jnp.asarray, dataset.batch(step, args.batch_size, args.seed))
+            batch = dataset.batch(step, args.batch_size, args.seed)
+            if placement is None:
+                batch = jax.tree.map(jnp.asarray, batch)
+            else:
+                batch = jax.device_put(batch, sharding.batch_shardings(batch, placement))
             state, m = train.train_step(state, frozen, batch, parts, cfg)
             m = jax.device_get(m)
             now = time.perf_counter()

@@ -34,7 +34,7 @@ Timing method:
   - total: wall time of the timed `generate` call (text -> audio, EnCodec decode included).
   - peak RSS: the child's VmHWM over its whole life (weights loading included); run RSS: the
     high-water mark during the timed generation only (reset just before it with `clear_refs` 5,
-    as reference-setup.md §5 measured the reference); weights: the bytes of every weight the
+    the same for both implementations); weights: the bytes of every weight the
     child holds (LM in its dtype, T5 and EnCodec in float32).
   - floor: the weight bytes one step must read divided by the measured bandwidth. The reference
     reads every LM weight but the embedding tables each step (it recomputes the text's

@@ -214,7 +214,7 @@ def reference_audiogen(
     EnCodec, T5Conditioner and LM are built as audiocraft's loaders build them. The LM is built on
     the meta device (no init cost) and filled from the fp16 export with `load_state_dict`, which
     upcasts to float32 like audiocraft's CPU loader; `lm_dtype='bfloat16'` then casts it with
-    `lm.to(torch.bfloat16)` (T5 and EnCodec stay float32, as in reference-setup.md §5).
+    `lm.to(torch.bfloat16)` (T5 and EnCodec stay float32: only the LM is cast).
     On a CUDA `device`, audiocraft itself runs generation under float16 autocast.
     """
     import torch

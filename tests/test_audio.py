@@ -2,7 +2,7 @@
 normalize_audio / audio_write (ffmpeg) / convert_audio, and julius.resample_frac.
 
 Files are compared by their decoded samples (ffmpeg adds metadata chunks; bytes differ).
-Every tolerance below is a measured number; see docs/parity.md, "Sampling and audio output".
+Every tolerance below is a measured number; see docs/parity.md, "Audio output".
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ The reference (`LMModel._sample_next_token` with `audiocraft.utils.utils.sample_
 draws with `torch.multinomial`, whose random stream JAX cannot reproduce. So the reference runs
 with `multinomial` replaced by a probe that records the distribution it was asked to draw from;
 our draws are then compared with that distribution by a chi-square goodness-of-fit test. Greedy
-ids must match exactly. Tolerances: see docs/parity.md, "Sampling and audio output".
+ids must match exactly. Tolerances: see docs/parity.md, "Sampling".
 """
 
 from __future__ import annotations
