@@ -158,7 +158,7 @@ examples:
   # music: MusicGen (15 s by default; -stereo-small etc. write stereo files)
   audiogen-jax generate "lo-fi piano" --model facebook/musicgen-small
   # offline: the small model that ships with the package (beeps, chirps, noises, clicks)
-  audiogen-jax generate "a high beep repeated three times" --model toy --out-dir out/
+  audiogen-jax generate "a low beep then a rising chirp" --model toy --out-dir out/
   # offline: the small random-weight model (it makes noise), to try the pipeline
   audiogen-jax generate "rain" --model tiny-random --duration 1 --out-dir out/
   # continue a recording, greedy, as 24-bit FLAC, from a converted directory
