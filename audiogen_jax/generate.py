@@ -48,7 +48,7 @@ only the new frames.
 
 Progress: with `progress=True` (a tqdm bar) or a callable, the same program runs in pieces: one
 program for the set-up (`_start`), then the scan `PROGRESS_STEPS` iterations at a time
-(`_decode`, its state donated from piece to piece), the host reporting between pieces while the
+(`decode_steps`, its state donated from piece to piece), the host reporting between pieces while the
 next piece is already queued. A callback inside the scan would report every step, but JAX never
 writes a program holding a Python callback to its persistent compilation cache, so every process
 would compile it again (see `compilation_cache.py`); the pieces hold none. Same tokens; the cost is
@@ -276,7 +276,7 @@ def _start(
     return DecodeState(seq_BKS=seq_BKS, cache=cache, nonfinite=jnp.bool_(False))
 
 
-def _decode(
+def decode_steps(
     lm: lmlib.LMModel,
     state: DecodeState,
     window: Window,
@@ -285,8 +285,25 @@ def _decode(
     params: sampling.SamplingParams,
     placement: sharding.Placement | None = None,
 ) -> DecodeState:
-    """Scan iterations first .. first + count - 1: iteration i generates step s = start + i, where
-    start is the first step after the prompt; iterations past the last step skip the LM."""
+    """The decoding loop: one `lax.scan` over `count` iterations, traced inside the generation program.
+
+    Iteration i (first <= i < first + count) generates delayed step s = start + i, where start is
+    the first step after the prompt: it runs the LM on column s - 1 for the 2B rows (descriptions,
+    then null rows), guides, samples, and writes column s where it is still unknown. Iterations
+    past the last step skip the LM (`lax.cond`), so the frame count can be padded to a bucket.
+
+    Args:
+      lm: the LM (its config gives the delays and the special token).
+      state: `DecodeState` after the set-up (code buffer [B, K, S], KV cache, non-finite flag).
+      window: the window's traced settings (prompt length, frames, guidance, key).
+      first: the first iteration, a traced int32 (the progress bar runs the loop in pieces).
+      count: how many iterations (static).
+      params: sampling settings (static).
+      placement: device placement of the code buffer and cache on a mesh, or None.
+
+    Returns:
+      The `DecodeState` after the iterations.
+    """
     cfg = lm.config
     delays, special = tuple(cfg.delays), cfg.card
     B = state.seq_BKS.shape[0]
@@ -345,7 +362,7 @@ def _token_program(
     delays = tuple(lm.config.delays)
     state = _start(lm, conditioner, window, frames_b, placement)
     length = _scan_length(frames_b, delays)
-    state = _decode(lm, state, window, jnp.int32(0), length, params, placement)
+    state = decode_steps(lm, state, window, jnp.int32(0), length, params, placement)
     codes_BKT = patterns.revert_delayed(state.seq_BKS, delays, frames_b)
     return sharding.constrain(codes_BKT, (), placement), state.nonfinite
 
@@ -376,7 +393,7 @@ def _decode_program(
     """`count` iterations from `first`, and first + count: a scalar the host waits on while the
     next piece is already queued (the state itself is donated to that piece)."""
     lm = nnx.merge(lm_def, lm_state)
-    state = _decode(lm, state, window, first, count, params, placement)
+    state = decode_steps(lm, state, window, first, count, params, placement)
     # The code buffer whole on every device (and process): the host reads it after the last piece.
     seq_BKS = sharding.constrain(state.seq_BKS, (), placement)
     return dataclasses.replace(state, seq_BKS=seq_BKS), first + count
