@@ -285,7 +285,7 @@ def decode_steps(
     params: sampling.SamplingParams,
     placement: sharding.Placement | None = None,
 ) -> DecodeState:
-    """The decoding loop: one `lax.scan` over `count` iterations, traced inside the generation program.
+    """The decoding loop: one `lax.scan` over `count` iterations, traced in the generation program.
 
     Iteration i (first <= i < first + count) generates delayed step s = start + i, where start is
     the first step after the prompt: it runs the LM on column s - 1 for the 2B rows (descriptions,
