@@ -397,11 +397,10 @@ def test_cli_mesh_equals_one_device(model_dir, tmp_path):
         [*gen, "--mesh", "data=2,tensor=2", "--out-dir", str(tmp_path / "two" / "wav")], 2
     )
     assert first.returncode == 0 and second.returncode == 0, (first.stderr[-3000:], second.stderr)
-    # Gloo (the CPU collectives) prints its connections on stdout; the CLI prints the paths.
-    outs = [
-        [w for w in p.stdout.split("\n") if w and not w.startswith("[Gloo]")]
-        for p in (first, second)
-    ]
+    # Gloo (the CPU collectives) prints its connections on stdout from C++, where the two
+    # processes' lines can interleave and split ("[Gloo] Rank " and "0 is connected ..." apart);
+    # the CLI prints one path per line, so the paths are the lines naming a .wav file.
+    outs = [[w for w in p.stdout.split("\n") if w.endswith(".wav")] for p in (first, second)]
     files = outs[0]
     assert [os.path.basename(f) for f in files] == [
         "00_dog_barking.wav",
