@@ -19,6 +19,9 @@ the codec, loudness and small set-up programs add up to seconds of a start as we
 holding a Python callback is never written by JAX; generation reports progress without one (see
 `generate.py`).
 
+A hit still traces and lowers the program to compute its key; `program_cache.py` keeps the model's
+executables in `<directory>/programs/` under keys computed without tracing, on the same switch.
+
 Like any compilation cache, the directory is trusted: whoever can write to it can make this process
 run code. Keep it private (the default is under your home directory).
 """

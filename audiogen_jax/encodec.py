@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from audiogen_jax import checkpoint, checks, initializers
+from audiogen_jax import checkpoint, checks, initializers, program_cache
 from audiogen_jax.config import EncodecConfig
 from audiogen_jax.quantization import ResidualVectorQuantizer
 
@@ -465,13 +465,14 @@ def _check_codes(codes, n_q: int, bins: int) -> jax.Array:
 
 
 # Jitted pure functions over (graph, state); jax caches one executable per input shape.
-@functools.partial(jax.jit, static_argnums=0)
-def _encode_jit(graphdef, state, wav_BCW):
+# Called through `program_cache`, which keeps each compiled program across processes.
+@functools.partial(jax.jit, static_argnames="graphdef")
+def _encode_jit(state, wav_BCW, *, graphdef):
     return nnx.merge(graphdef, state).encode_traced(wav_BCW)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _decode_jit(graphdef, state, codes_BKT):
+@functools.partial(jax.jit, static_argnames="graphdef")
+def _decode_jit(state, codes_BKT, *, graphdef):
     return nnx.merge(graphdef, state).decode_traced(codes_BKT)
 
 
@@ -552,7 +553,7 @@ class EncodecModel(nnx.Module):
         """
         wav = _check_wav(wav_BCW, self.channels)
         graphdef, state = nnx.split(self)
-        return _encode_jit(graphdef, state, wav)
+        return program_cache.call(_encode_jit, state, wav, graphdef=graphdef)
 
     def decode(self, codes_BKT) -> jax.Array:
         """Decodes codes to audio.
@@ -566,4 +567,4 @@ class EncodecModel(nnx.Module):
         """
         codes = _check_codes(codes_BKT, self.n_q, self.cardinality)
         graphdef, state = nnx.split(self)
-        return _decode_jit(graphdef, state, codes)
+        return program_cache.call(_decode_jit, state, codes, graphdef=graphdef)

@@ -55,6 +55,9 @@ would compile it again (see `compilation_cache.py`); the pieces hold none. Same 
 measured in docs/parity.md (## Generation). The bar reads "generating (compiling)" until the first
 piece reports, then restarts its clock, so its rate and time left count decoding steps only.
 
+Warm start: with the compilation cache on, every program here runs through `program_cache.py`, so a
+later process loads its executable without tracing the model (static arguments by keyword).
+
 Non-finite logits: the scan carries one flag, set when a step's guided logits hold NaN or inf
 (non-finite weights, a bf16 overflow, an extreme `cfg_coef`); such a window raises
 `FloatingPointError` instead of returning codes that argmax/sampling made from NaN.
@@ -90,7 +93,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from audiogen_jax import checks, patterns, sampling, sharding, t5
+from audiogen_jax import checks, patterns, program_cache, sampling, sharding, t5
 from audiogen_jax import lm as lmlib
 
 UNKNOWN = -1  # a code not generated yet (the reference's `unknown_token`)
@@ -341,12 +344,12 @@ def decode_steps(
     jax.jit, static_argnames=("lm_def", "cond_def", "frames_b", "params", "placement")
 )
 def _token_program(
-    lm_def,
-    cond_def,
     lm_state,
     cond_state,
     window: Window,
     *,
+    lm_def,
+    cond_def,
     frames_b: int,
     params: sampling.SamplingParams,
     placement: sharding.Placement | None = None,
@@ -378,7 +381,7 @@ PROGRESS_STEPS = 8  # decoding steps per piece: one report per piece
 
 @functools.partial(jax.jit, static_argnames=("lm_def", "cond_def", "frames_b", "placement"))
 def _start_program(
-    lm_def, cond_def, lm_state, cond_state, window: Window, *, frames_b: int, placement=None
+    lm_state, cond_state, window: Window, *, lm_def, cond_def, frames_b: int, placement=None
 ):
     lm, conditioner = nnx.merge(lm_def, lm_state), nnx.merge(cond_def, cond_state)
     return _start(lm, conditioner, window, frames_b, placement)
@@ -388,7 +391,7 @@ def _start_program(
     jax.jit, static_argnames=("lm_def", "count", "params", "placement"), donate_argnames="state"
 )
 def _decode_program(
-    lm_def, lm_state, state: DecodeState, window: Window, first, *, count: int, params, placement
+    lm_state, state: DecodeState, window: Window, first, *, lm_def, count: int, params, placement
 ) -> tuple[DecodeState, jax.Array]:
     """`count` iterations from `first`, and first + count: a scalar the host waits on while the
     next piece is already queued (the state itself is donated to that piece)."""
@@ -435,17 +438,25 @@ def _run_in_pieces(
     (lm_def, lm_state), (cond_def, cond_state) = splits
     if placement is not None:
         window = _place_window(window, placement)
-    state = _start_program(
-        lm_def, cond_def, lm_state, cond_state, window, frames_b=frames_b, placement=placement
+    state = program_cache.call(
+        _start_program,
+        lm_state,
+        cond_state,
+        window,
+        lm_def=lm_def,
+        cond_def=cond_def,
+        frames_b=frames_b,
+        placement=placement,
     )
     queued: list[jax.Array] = []
     for first in range(0, steps, PROGRESS_STEPS):
-        state, done = _decode_program(
-            lm_def,
+        state, done = program_cache.call(
+            _decode_program,
             lm_state,
             state,
             window,
             np.int32(first),
+            lm_def=lm_def,
             count=PROGRESS_STEPS,
             params=params,
             placement=placement,
@@ -543,16 +554,17 @@ def _call_program(
     params: sampling.SamplingParams,
     placement: sharding.Placement | None = None,
 ) -> Any:
-    """`method` (`_token_program` or its `.trace`) on one window's inputs."""
+    """`method` (`_token_program` through `program_cache`, or its `.trace`) on one window's
+    inputs."""
     (lm_def, lm_state), (cond_def, cond_state) = splits
     if placement is not None:
         window = _place_window(window, placement)
     return method(
-        lm_def,
-        cond_def,
         lm_state,
         cond_state,
         window,
+        lm_def=lm_def,
+        cond_def=cond_def,
         frames_b=frames_b,
         params=params,
         placement=placement,
@@ -591,9 +603,8 @@ def _run_window(
     """Runs one window of `steps` LM steps: int32 [B, K, frames_b] numpy codes, and whether some
     step's logits were not finite."""
     if not progress:
-        codes, nonfinite = _call_program(
-            _token_program, splits, window, frames_b, params, placement
-        )
+        run = functools.partial(program_cache.call, _token_program)
+        codes, nonfinite = _call_program(run, splits, window, frames_b, params, placement)
     else:
         run = functools.partial(_run_in_pieces, splits, window, frames_b, params)
         if callable(progress):

@@ -25,9 +25,10 @@ own start is in "import"):
   - import: Python start + importing JAX and audiogen_jax (torch and audiocraft: the reference).
   - load: `AudioGen.from_pretrained` with every weight on the device (reference: build + load).
   - compile: JAX's compile events in every phase (`jax.monitoring`: tracing, lowering to StableHLO,
-    and the XLA compilation or, on a persistent-cache hit, reading the compiled program); the
-    other phases are given without them. "programs" counts compile requests, "hits" those served
-    by the persistent cache.
+    and the XLA compilation or, on a persistent-cache hit, reading the compiled program; and
+    `program_cache.py` reading or writing a kept executable); the other phases are given without
+    them. "programs" counts compile requests, "hits" those served by the persistent cache, "kept"
+    the programs read from `program_cache.py`'s files (no tracing, lowering or compile request).
   - steps: generating the codes, T5 included (`generate_codes` less its compile events).
   - decode: EnCodec decode to the waveform. write: loudness normalisation and the 16-bit WAV.
   - total: process start -> WAV written. overhead: total - steps, what a warm start can remove.
@@ -66,9 +67,13 @@ DTYPES = ("float32", "bfloat16")
 COMPILE_EVENTS = (
     "/jax/core/compile/jaxpr_trace_duration",
     "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    # audiogen_jax/program_cache.py: reading a kept executable, or writing one.
+    "/audiogen_jax/program_cache/read_duration",
+    "/audiogen_jax/program_cache/write_duration",
     "/jax/core/compile/backend_compile_duration",
 )
 HIT = "/jax/compilation_cache/cache_hits"
+KEPT = "/audiogen_jax/program_cache/hits"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -83,6 +88,7 @@ class _Clock:
         self.compile_s = self.last_compile = 0.0
         self.programs = 0
         self.hits = 0
+        self.kept = 0
 
     def listen(self, jax) -> None:
         def duration(event, seconds, **kwargs):
@@ -92,6 +98,7 @@ class _Clock:
 
         def event(name, **kwargs):
             self.hits += name == HIT
+            self.kept += name == KEPT
 
         jax.monitoring.register_event_duration_secs_listener(duration)
         jax.monitoring.register_event_listener(event)
@@ -138,6 +145,7 @@ def jax_child(args) -> dict:
         prompts.append(same_bucket[0])
     for i, prompt in enumerate(prompts):
         start, c0, p0, h0 = clock.last, clock.compile_s, clock.programs, clock.hits
+        k0 = clock.kept
         run: dict = {"prompt": prompt}
         # What `audiogen-jax generate` runs (AudioGen.generate -> generate.generate), by phase.
         ids, mask = t5.tokenize(model.tokenizer, [prompt, None])
@@ -169,6 +177,7 @@ def jax_child(args) -> dict:
             compile_s=clock.compile_s - c0,
             programs=clock.programs - p0,
             hits=clock.hits - h0,
+            kept=clock.kept - k0,
             # The first run: from process start; a new prompt: from its own start.
             total_s=clock.last - (clock.spawn if i == 0 else start),
             wav=path,
@@ -292,7 +301,8 @@ def rows(report: dict) -> list[dict]:
                     compile_s=run["compile_s"] + (r["load_compile_s"] if fresh else 0.0),
                     steps_s=run["steps_s"], decode_s=run["decode_s"], write_s=run["write_s"],
                     total_s=run["total_s"], overhead_s=run["total_s"] - run["steps_s"],
-                    programs=run["programs"], hits=run["hits"], startup_s=None,
+                    programs=run["programs"], hits=run["hits"], kept=run.get("kept", 0),
+                    startup_s=None,
                     peak_rss_gib=r["peak_rss_gib"], text=f"{run['text_len']}/{run['text_bucket']}",
                 )
             )  # fmt: skip
@@ -301,11 +311,11 @@ def rows(report: dict) -> list[dict]:
 
 def table(report: dict) -> str:
     head = ["impl", "dtype", "invocation", "import", "load", "compile", "steps", "decode", "write"]
-    head += ["total", "overhead", "programs (hits)", "text L/bucket", "peak RSS GiB"]
+    head += ["total", "overhead", "programs (hits) + kept", "text L/bucket", "peak RSS GiB"]
     fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
     lines = [head]
     for r in rows(report):
-        progs = "-" if r["programs"] is None else f"{r['programs']} ({r['hits']})"
+        progs = "-" if r["programs"] is None else f"{r['programs']} ({r['hits']}) + {r['kept']}"
         lines.append([
             r["impl"], r["dtype"], r["invocation"], fmt(r["import_s"]), fmt(r["load_s"]),
             fmt(r["compile_s"]), fmt(r["steps_s"]), fmt(r["decode_s"]), fmt(r["write_s"]),

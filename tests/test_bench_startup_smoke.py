@@ -4,8 +4,9 @@ It runs the script as a user does (a subprocess from an empty work directory: ra
 the release formats, converted, then audiogen-jax's first and second invocation and the reference,
 each in its own process) and checks the report. No timing is asserted; what is checked besides the
 structure is what JAX's own events say: the first invocation compiles with an empty cache, every
-compile request of the second is served by the persistent cache, and the new prompt (another text
-length in the same bucket) compiles nothing.
+compile request of the second is served by the persistent cache and the model's programs are read
+back from `program_cache.py`'s files, and the new prompt (another text length in the same bucket)
+compiles nothing.
 """
 
 from __future__ import annotations
@@ -49,9 +50,11 @@ def test_bench_startup_tiny(reference, tmp_path):
         assert run["finite"] and run["steps_s"] > 0 and run["total_s"] > 0
         assert run["decode_s"] >= 0 and run["write_s"] >= 0
         assert soundfile.info(run["wav"]).frames == int(duration * 16000)
-    assert run1["programs"] > 0 and run1["hits"] == 0
+    assert run1["programs"] > 0 and run1["hits"] == 0 and run1["kept"] == 0
     assert run2["programs"] > 0 and run2["hits"] == run2["programs"]
-    assert new["programs"] == 0 and new["compile_s"] == 0
+    # The set-up, decoding piece and codec programs read from program_cache.py's files.
+    assert run2["kept"] == 3 and run2["programs"] < run1["programs"]
+    assert new["programs"] == 0 and new["compile_s"] == 0 and new["kept"] == 0
     assert new["text_len"] != run2["text_len"] and new["text_bucket"] == run2["text_bucket"]
 
     ref = by_name["reference-float32"]

@@ -1,10 +1,11 @@
-"""The warm start: a second CLI run loads every compiled program from JAX's persistent cache.
+"""The warm start: a second CLI run traces none of the model's programs and compiles nothing.
 
 Each run is a fresh Python process running `audiogen-jax generate` on tiny-random (progress bar
-on, as by default). The evidence is JAX's own: its monitoring events for every compile request
+on, as by default). The evidence is JAX's own: its monitoring events for every trace
+(`/jax/core/compile/jaxpr_trace_duration`, with the function's name) and compile request
 (`/jax/core/compile/backend_compile_duration`, recorded for a cache hit as for a compilation),
-cache hit and cache miss, counted in the child and written to a file at exit, and the entries in
-the cache directory. No timing is asserted.
+cache hit and cache miss, and `program_cache.py`'s hits and misses, counted in the child and
+written to a file at exit; and the entries in the cache directory. No timing is asserted.
 """
 
 from __future__ import annotations
@@ -18,16 +19,19 @@ import numpy as np
 import pytest
 import soundfile
 
-from audiogen_jax import cli, compilation_cache
+from audiogen_jax import cli, compilation_cache, program_cache
 
 # The child: count JAX's compile events while the CLI runs, write them out at exit.
 _CHILD = """
 import atexit, collections, json, sys
 import jax
 counts = collections.Counter()
+def duration(event, seconds, **kw):
+    counts.update([event])
+    if event == "/jax/core/compile/jaxpr_trace_duration":
+        counts.update(["traced:" + kw.get("fun_name", "")])
 jax.monitoring.register_event_listener(lambda event, **kw: counts.update([event]))
-jax.monitoring.register_event_duration_secs_listener(
-    lambda event, duration, **kw: counts.update([event]))
+jax.monitoring.register_event_duration_secs_listener(duration)
 atexit.register(lambda: json.dump(counts, open(sys.argv[1], "w")))
 from audiogen_jax.cli import main
 sys.exit(main(sys.argv[2:]))
@@ -35,6 +39,8 @@ sys.exit(main(sys.argv[2:]))
 COMPILE = "/jax/core/compile/backend_compile_duration"
 HIT = "/jax/compilation_cache/cache_hits"
 MISS = "/jax/compilation_cache/cache_misses"
+# The model's programs, which program_cache.py keeps: the set-up, the decoding piece, the codec.
+MODEL_PROGRAMS = ("_start_program", "_decode_program", "_decode_jit")
 
 
 def _generate(tmp_path, name: str, env_cache: str | None, *extra: str) -> tuple[dict, np.ndarray]:
@@ -65,32 +71,96 @@ def _entries(directory) -> set[str]:
 
 def test_a_second_cli_run_compiles_nothing(tmp_path):
     xla = tmp_path / "root" / compilation_cache.SUBDIR  # the default: <cache root>/xla
+    kept = xla / program_cache.SUBDIR
     first, wav1 = _generate(tmp_path, "first", None)
-    written = _entries(xla)
+    written, kept_written = _entries(xla), _entries(kept)
     assert first.get(MISS, 0) > 0 and first.get(HIT, 0) == 0
     # Every program compiled was written (no Python callback in any of them, progress included).
     assert len(written) >= first[MISS] and first[COMPILE] == first[MISS]
+    # The model's programs were traced, compiled and kept, one file each.
+    assert all(first.get(f"traced:{name}", 0) == 1 for name in MODEL_PROGRAMS), first
+    assert first[program_cache.MISS] == len(kept_written) == len(MODEL_PROGRAMS)
+    assert first.get(program_cache.HIT, 0) == 0
 
     second, wav2 = _generate(tmp_path, "second", None)
     assert second.get(MISS, 0) == 0, second
     assert second[HIT] == second[COMPILE] > 0  # every compile request was a cache hit
-    assert _entries(xla) == written  # nothing new to write
+    # ... and none was the model's: its programs were read back, not traced.
+    assert not any(second.get(f"traced:{name}") for name in MODEL_PROGRAMS), second
+    assert second[program_cache.HIT] == len(MODEL_PROGRAMS)
+    assert second.get(program_cache.MISS, 0) == 0
+    assert _entries(xla) == written and _entries(kept) == kept_written  # nothing new to write
     np.testing.assert_array_equal(wav1, wav2)
 
-    # Turned off, nothing is read or written; moved, it goes where the variable says.
-    off, _ = _generate(tmp_path, "off", str(tmp_path / "moved"), "--no-compilation-cache")
+    # Turned off, nothing is read or written; moved, it goes where the variable says. The plain
+    # jit programs give the same audio as the kept executables.
+    off, wav_off = _generate(tmp_path, "off", str(tmp_path / "moved"), "--no-compilation-cache")
     assert off.get(HIT, 0) == off.get(MISS, 0) == 0 and off[COMPILE] > 0
+    assert off.get(program_cache.HIT, 0) == off.get(program_cache.MISS, 0) == 0
+    assert all(off.get(f"traced:{name}", 0) == 1 for name in MODEL_PROGRAMS), off
     assert not (tmp_path / "moved").exists() and _entries(xla) == written
+    np.testing.assert_array_equal(wav1, wav_off)
 
 
-def test_default_directory(monkeypatch, tmp_path):
-    monkeypatch.delenv(compilation_cache.ENV, raising=False)
-    assert compilation_cache.default_directory("/r") == os.path.join("/r", "xla")
-    for off in ("0", "off", "OFF", "false", "none", ""):
-        monkeypatch.setenv(compilation_cache.ENV, off)
-        assert compilation_cache.default_directory("/r") is None
-    monkeypatch.setenv(compilation_cache.ENV, str(tmp_path / "x"))
-    assert compilation_cache.default_directory("/r") == str(tmp_path / "x")
+def _kept_decode(monkeypatch, directory) -> tuple[np.ndarray, list[str]]:
+    """A tiny codec's decode through program_cache as in a new process, kept under `directory`
+    (None: the compilation cache off); JAX's own persistent cache stays off in this process.
+    Returns the samples and program_cache's events ("hits" read back, "misses" compiled)."""
+    import jax
+    from flax import nnx
+
+    from audiogen_jax.config import EncodecConfig
+    from audiogen_jax.encodec import EncodecModel
+
+    where = None if directory is None else str(directory)
+    monkeypatch.setattr(program_cache.compilation_cache, "directory", lambda: where)
+    monkeypatch.setattr(program_cache, "_loaded", {})
+    events = []
+
+    def listen(event, **kwargs):
+        if event in (program_cache.HIT, program_cache.MISS):
+            events.append(event.rsplit("/", 1)[-1])
+
+    jax.monitoring.register_event_listener(listen)
+    try:
+        model = EncodecModel(EncodecConfig.tiny(), rngs=nnx.Rngs(0))
+        codes = np.arange(2 * model.n_q * 7).reshape(2, model.n_q, 7) % model.cardinality
+        wav = np.asarray(model.decode(codes))
+    finally:
+        jax.monitoring.unregister_event_listener(listen)
+    return wav, events
+
+
+def test_kept_programs_are_keyed_on_the_source_and_survive_torn_files(monkeypatch, tmp_path):
+    kept = tmp_path / program_cache.SUBDIR
+    wav, events = _kept_decode(monkeypatch, tmp_path)
+    assert events == ["misses"] and len(_entries(kept)) == 1
+    (name,) = _entries(kept)
+    wav_again, events = _kept_decode(monkeypatch, tmp_path)
+    assert events == ["hits"] and _entries(kept) == {name}  # read back, nothing new written
+    np.testing.assert_array_equal(wav, wav_again)
+
+    # The compilation cache off: the plain jit program, the same samples, nothing written.
+    wav_off, events = _kept_decode(monkeypatch, None)
+    assert events == [] and program_cache._loaded == {} and _entries(kept) == {name}
+    np.testing.assert_array_equal(wav, wav_off)
+
+    # Another source (an edited package) never meets the old entry.
+    real_hash = program_cache.source_hash()
+    monkeypatch.setattr(program_cache, "source_hash", lambda: "edited" + real_hash)
+    wav_edited, events = _kept_decode(monkeypatch, tmp_path)
+    assert events == ["misses"] and len(_entries(kept)) == 2
+    np.testing.assert_array_equal(wav, wav_edited)
+    monkeypatch.setattr(program_cache, "source_hash", lambda: real_hash)
+
+    # A torn file is compiled again and replaced, atomically (no partial file left behind).
+    path = kept / name
+    path.write_bytes(path.read_bytes()[:100])
+    wav_torn, events = _kept_decode(monkeypatch, tmp_path)
+    assert events == ["misses"] and path.stat().st_size > 100
+    np.testing.assert_array_equal(wav, wav_torn)
+    assert not [n for n in _entries(kept) if n.startswith(".")]
+    assert _kept_decode(monkeypatch, tmp_path)[1] == ["hits"]
 
 
 @pytest.mark.parametrize(
