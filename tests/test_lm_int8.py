@@ -31,7 +31,7 @@ from audiogen_jax.io import safetensors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Peak RSS of loading an int8 LM, above a process that only started JAX, over the int8 weights'
-# bytes: the project's target (docs/performance.md). Measured 1.20-1.22 on the 16-layer D 1536
+# bytes: the project's target (docs/performance.md). Measured 1.20-1.23 on the 16-layer D 1536
 # model below (of which ~0.13 is compiling the loading's programs, a fixed ~85 MB, and ~0.09 the
 # largest kernel's float copy and the heap); quantizing the whole bf16 model after loading: 3.28.
 MAX_PEAK_OVER_INT8 = 1.3
