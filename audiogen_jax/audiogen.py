@@ -400,8 +400,6 @@ class AudioGen:
         try:
             codec = EncodecModel.from_pretrained(directory, shardings=shardings)
             lm = LMModel.from_pretrained(directory, dtype=dtype, shardings=shardings)
-            if placement is not None:
-                sharding.place_module(lm, placement)  # int8 kernels, quantized from the shards
             conditioner = t5.T5Conditioner.from_pretrained(
                 directory, with_tokenizer=False, shardings=shardings
             )

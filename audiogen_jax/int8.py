@@ -1,9 +1,10 @@
 """int8 matmuls for the LM (W8A8): an opt-in beyond the reference, which has no quantized LM.
 
-`LMModel.astype(jnp.int8)` quantizes every matmul kernel once, symmetrically per output channel:
-w ~ q * scale[:, None], q in [-127, 127], stored int8 [out, in] with a float32 scale per row. At
-run time the activations are quantized per row (per token) on the fly and the product runs
-int8 x int8 -> int32, rescaled by both scales. XLA:CPU has no fast int8-weight x float dot, so
+`LMModel.astype(jnp.int8)` quantizes every matmul kernel once, symmetrically per output channel
+(`LMModel.from_pretrained(..., dtype=jnp.int8)` does the same, one kernel at a time as it reads
+them): w ~ q * scale[:, None], q in [-127, 127], stored int8 [out, in] with a float32 scale per
+row. At run time the activations are quantized per row (per token) on the fly and the product
+runs int8 x int8 -> int32, rescaled by both scales. XLA:CPU has no fast int8-weight x float dot, so
 quantizing the activations too is what makes int8 weights pay. Embeddings, norms and biases stay
 float32. Error against float32: docs/parity.md ("LM in bfloat16 and int8"); speed:
 docs/performance.md.

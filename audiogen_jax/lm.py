@@ -420,34 +420,32 @@ class LMModel(nnx.Module):
         """Loads DIR/config.json['lm'] + DIR/lm.safetensors.
 
         Each kernel is read from the file's `[in, out]` and laid out for the dtype as it is read
-        (`kernel_layout`), so no second copy of the model is ever made for float dtypes.
+        (`kernel_layout`), so no second copy of the model is ever made: an int8 kernel is
+        quantized from its own float tensor as that is read (`checkpoint.load_module`), with the
+        same values as `astype(jnp.int8)` of the float model.
 
         Args:
           directory: a converted directory (`convert_weights.py --lm ... --out DIR`).
           dtype: None keeps the file's weight dtype (a bf16 file stays bf16); float32, bfloat16 or
-            float16 casts each tensor as it is read; int8 quantizes the kernels after loading (load
-            a bf16 file: less memory).
+            float16 casts each tensor as it is read; int8 quantizes each kernel as it is read
+            (embeddings, norms and biases become float32).
           shardings: where each weight goes (`checkpoint.load_module`); default the default
-            device. An int8 model is quantized from the float shards and left where that puts it.
+            device. An int8 kernel is quantized from its float shards.
         """
         cfg = LMConfig.from_dict(checkpoint.read_config(directory, "lm"))
         path = os.path.join(directory, checkpoint.WEIGHT_FILES["lm"])
-        file_dtype = _stored_dtype(path)
-        target = file_dtype if dtype is None else _check_dtype(dtype)
-        read_dtype = file_dtype if target == jnp.int8 else target
+        target = _stored_dtype(path) if dtype is None else _check_dtype(dtype)
         layout = kernel_layout(target)
         lm = checkpoint.load_module(
-            lambda: cls(
-                cfg, rngs=checkpoint.SHAPE_ONLY_RNGS, param_dtype=read_dtype, layout=layout
-            ),
+            lambda: cls(cfg, rngs=checkpoint.SHAPE_ONLY_RNGS, param_dtype=target, layout=layout),
             path,
-            dtype=read_dtype,
+            dtype=_float_dtype(target),
             transposed=lambda key: layout != DISK_LAYOUT and key.endswith(".kernel"),
             shardings=shardings,
+            quantize=int8.quantize_kernel,
         )
         if target == jnp.int8:
-            lm = lm.astype(jnp.int8)
-            checkpoint.return_freed_memory()  # the float model just dropped
+            checkpoint.return_freed_memory()  # the per-kernel float copies, freed to the heap
         return lm
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:

@@ -188,11 +188,14 @@ def _file_mappings(path) -> list[tuple[int, int]]:
     return ranges
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_loading_maps_or_reads_each_tensor_once_and_compiles_nothing(tmp_path, dtype):
+@pytest.mark.parametrize(
+    "dtype, load", [("float32", None), ("bfloat16", None), ("float32", "int8")]
+)
+def test_loading_maps_or_reads_each_tensor_once_and_compiles_nothing(tmp_path, dtype, load):
     # Tensors held as stored are the file's own pages (mapped, used in place); the others (bf16
-    # kernels, held transposed) are read once into aligned buffers the CPU device adopts as they
-    # are, then laid out once. Loading compiles nothing but those layout programs.
+    # kernels, held transposed; int8 kernels and their scales) are read once into aligned buffers
+    # the CPU device adopts as they are, then laid out (or quantized) once. Loading compiles
+    # nothing but those layout programs.
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -216,14 +219,15 @@ def test_loading_maps_or_reads_each_tensor_once_and_compiles_nothing(tmp_path, d
         if event == "/jax/core/compile/backend_compile_duration":
             compiled.append(kwargs.get("fun_name"))
 
+    jax.clear_caches()  # an earlier test in this process may have laid out these shapes already
     jax.monitoring.register_event_duration_secs_listener(listen)
     try:
-        lm = LMModel.from_pretrained(tmp_path)
+        lm = LMModel.from_pretrained(tmp_path, dtype=load)
         jax.block_until_ready(jax.tree.leaves(nnx.state(lm)))
     finally:
         jax.monitoring.unregister_event_duration_listener(listen)
-    assert set(compiled) <= {"jit(_relayout)"}
-    assert bool(compiled) == (dtype == "bfloat16")
+    layout = {"float32": set(), "bfloat16": {"jit(_relayout)"}}[dtype]
+    assert set(compiled) == ({"jit(_quantize)"} if load else layout)
     mapped = _file_mappings(path)
     in_file = {
         ".".join(map(str, p)): any(
@@ -231,5 +235,6 @@ def test_loading_maps_or_reads_each_tensor_once_and_compiles_nothing(tmp_path, d
         )
         for p, v in nnx.to_flat_state(nnx.state(lm))
     }
-    transposed = {k for k in in_file if k.endswith(".kernel") and dtype == "bfloat16"}
-    assert {k for k, inside in in_file.items() if not inside} == transposed
+    made = {k for k in in_file if k.endswith(".kernel") and (dtype == "bfloat16" or load)}
+    made |= {k for k in in_file if k.endswith(".kernel_scale")}
+    assert {k for k, inside in in_file.items() if not inside} == made
