@@ -19,10 +19,8 @@ from audiogen_jax.toy import codec as toy_codec
 from audiogen_jax.toy import model, quality
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m audiogen_jax.toy", description=__doc__.split("\n")[0]
-    )
+def parser(prog: str = "python -m audiogen_jax.toy") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train the toy AudioGen from scratch into a directory")
     t.add_argument("--out", required=True, help="the converted directory to write")
@@ -31,6 +29,13 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--codec-steps", type=int, default=toy_codec.STEPS)
     t.add_argument("--lm-steps", type=int, default=model.STEPS)
     t.add_argument("--clips", type=int, default=model.CLIPS, help="training clips for the LM")
+    t.add_argument(
+        "--devices",
+        type=int,
+        default=model.DEVICES,
+        help="devices the LM's batches are split over (on CPU: that many one-thread devices; "
+        "the weights are a function of the seed and this number)",
+    )
     t.add_argument("--log", help="write every logged step's metrics to this JSON-lines file")
     t.add_argument("--no-progress", action="store_true")
     q = sub.add_parser("quality", help="generate for the fixed captions and score with the checker")
@@ -54,13 +59,37 @@ def _check_positive(p: argparse.ArgumentParser, **values: int) -> None:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = parser()
+def _use_devices(n: int) -> int:
+    """Asks JAX for `n` CPU devices (before its backend starts) and returns how many of the
+    default backend's devices the LM stage will use: `n`, or fewer on an accelerator."""
+    import jax
+
+    try:
+        jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError:  # the backend already started in this process: keep its devices
+        pass
+    used = min(n, len(jax.devices()))
+    if used < n:
+        print(f"training the LM on {used} device(s), not {n}", file=sys.stderr)
+    return used
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m audiogen_jax.toy") -> int:
+    p = parser(prog)
     args = p.parse_args(argv)
     if args.command == "train":
-        _check_positive(p, codec_steps=args.codec_steps, lm_steps=args.lm_steps, clips=args.clips)
+        _check_positive(
+            p,
+            codec_steps=args.codec_steps,
+            lm_steps=args.lm_steps,
+            clips=args.clips,
+            devices=args.devices,
+        )
         if args.clips < model.BATCH:
             p.error(f"--clips must be at least the batch size {model.BATCH}")
+        if model.BATCH % args.devices:
+            p.error(f"--devices must divide the batch size {model.BATCH}, got {args.devices}")
+        devices = _use_devices(args.devices)
         log_file = open(args.log, "w", encoding="utf-8") if args.log else None  # noqa: SIM115
 
         def log(stage, step, metrics):
@@ -76,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                 lm_steps=args.lm_steps,
                 clips=args.clips,
                 codec_dir=args.codec,
+                devices=devices,
                 progress=not args.no_progress,
                 log=log,
             )

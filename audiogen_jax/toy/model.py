@@ -42,7 +42,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import trange
 
-from audiogen_jax import checkpoint, t5, train
+from audiogen_jax import checkpoint, sharding, t5, train
 from audiogen_jax.config import LMConfig
 from audiogen_jax.encodec import EncodecModel
 from audiogen_jax.lm import LMModel
@@ -69,6 +69,7 @@ TOY_LM = LMConfig(
 CLIPS = 8000  # training clips encoded once
 STEPS = 1500
 BATCH = 32
+DEVICES = 2  # the LM's batches split over 2 devices (one thread each on CPU): docs/toy.md
 TRAIN = train.TrainConfig(
     lr=2e-3,
     warmup_steps=200,
@@ -162,10 +163,16 @@ def train_lm(
     batch_size: int = BATCH,
     cfg: train.TrainConfig = TRAIN,
     *,
+    devices: int = 1,
     progress: bool = True,
     log: Callable[[int, dict], None] | None = None,
 ) -> tuple[LMModel, t5.T5Conditioner, list[float]]:
     """Trains T5 + output_proj + LM on `data` with `train.train_step`.
+
+    With `devices` > 1 the batch is split over the first `devices` JAX devices (a `data` mesh,
+    `sharding.py`; every weight replicated): the same update, its sums taken in another order. On
+    CPU, `--xla_force_host_platform_device_count` makes the devices, one thread each, which uses
+    the cores that a single device's small matmuls leave idle (`__main__.py` sets it).
 
     Returns:
       (lm, conditioner) with the EMA weights (the raw ones when `cfg.ema_decay` is None), and the
@@ -173,12 +180,23 @@ def train_lm(
     """
     lm, conditioner = init_models(seed)
     parts, trainable, frozen = train.split_model(lm, conditioner)
-    del lm, conditioner
     state = train.init_state(cfg, trainable, seed)
+    placement = None
+    if devices > 1:
+        if batch_size % devices:
+            raise ValueError(f"batch size {batch_size} does not split over {devices} devices")
+        mesh = sharding.make_mesh(data=devices, devices=jax.devices()[:devices])
+        placement = sharding.Placement(mesh)
+        proj = conditioner.output_proj
+        state = jax.device_put(state, sharding.train_shardings(state, placement, lm, proj))
+        frozen = jax.device_put(frozen, sharding.train_shardings(frozen, placement, lm, proj))
+    del lm, conditioner
     losses = []
     bar = trange(steps, desc="training LM", disable=not progress)
     for n in bar:
         batch = make_batch(data, batch_indices(seed, n, batch_size, data.lengths_N))
+        if placement is not None:
+            batch = jax.device_put(batch, sharding.batch_shardings(batch, placement))
         state, metrics = train.train_step(state, frozen, batch, parts, cfg)
         if n % 25 == 0 or n == steps - 1:
             ce = float(metrics["ce"])
@@ -216,6 +234,7 @@ def train_all(
     lm_steps: int = STEPS,
     clips: int = CLIPS,
     codec_dir: str | None = None,
+    devices: int = 1,
     progress: bool = True,
     log: Callable[[str, int, dict], None] | None = None,
 ) -> dict:
@@ -230,6 +249,7 @@ def train_all(
       codec_steps, lm_steps: training updates of each stage.
       clips: training clips encoded for the LM.
       codec_dir: reuse the codec of this converted directory instead of training one.
+      devices: JAX devices the LM's batches are split over (`train_lm`).
       progress: tqdm bars.
       log: called as log(stage, step, metrics) ("codec" or "lm").
 
@@ -261,7 +281,9 @@ def train_all(
         report["encode"] = since(t1)
         t2 = clock()
         lm_log = None if log is None else (lambda n, m: log("lm", n, m))
-        lm, conditioner, losses = train_lm(data, seed, lm_steps, progress=progress, log=lm_log)
+        lm, conditioner, losses = train_lm(
+            data, seed, lm_steps, devices=devices, progress=progress, log=lm_log
+        )
         report["lm"] = since(t2)
         save_text_and_lm(lm, conditioner, tmp)
         report["total"] = since(t0)
