@@ -67,7 +67,7 @@ TOY_LM = LMConfig(
     temperature=0.8,
 )
 CLIPS = 8000  # training clips encoded once
-STEPS = 1500
+STEPS = 3000
 BATCH = 32
 DEVICES = 2  # the LM's batches split over 2 devices (one thread each on CPU): docs/toy.md
 TRAIN = train.TrainConfig(
