@@ -145,7 +145,11 @@ def train(
     same codec as an uninterrupted one.
     """
     model = et.unit_scale_init(EncodecModel(cfg, rngs=nnx.Rngs(seed)), seed)
-    trainer = et.CodecTrainer(model, dataclasses.replace(train_cfg, total_steps=steps))
+    # A run shorter than twice the warm-up (tests, the notebook's shortened run) warms up for half
+    # of it: the cosine schedule needs steps left after its warm-up.
+    warmup = min(train_cfg.warmup_steps, steps // 2)
+    train_cfg = dataclasses.replace(train_cfg, total_steps=steps, warmup_steps=warmup)
+    trainer = et.CodecTrainer(model, train_cfg)
     key = jax.random.key(seed)
     # The k-means start clusters the first four steps' batches: more latents per codeword.
     first = np.concatenate([training_batch(seed, i) for i in range(4)])
