@@ -675,7 +675,7 @@ def toy_main(argv: list[str] | None = None) -> int:
     def toy(args: list[str]) -> int:
         from audiogen_jax.toy import __main__ as toy_cli
 
-        return toy_cli.main(args)
+        return toy_cli.main(args, prog="audiogen-jax toy")
 
     return _run(toy, argv)
 

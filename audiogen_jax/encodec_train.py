@@ -314,11 +314,14 @@ def fit(
     progress: bool = True,
     log: Callable[[int, dict[str, float]], None] | None = None,
     log_every: int = 50,
+    on_step: Callable[[int, CodecTrainState], None] | None = None,
 ) -> CodecTrainState:
     """Runs `trainer.step` from the state's step to `steps`, on `batch(step)` [B, C, W].
 
     Args:
       log: called every `log_every` steps (and at the end) with the step and its metrics.
+      on_step: called after every step with the steps done and the new state, to checkpoint it
+        (synchronously: the next step donates the state's buffers).
     """
     from tqdm.auto import tqdm
 
@@ -333,4 +336,6 @@ def fit(
             )
             if log is not None:
                 log(i + 1, host)
+        if on_step is not None:
+            on_step(i + 1, state)
     return state

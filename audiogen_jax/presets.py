@@ -22,7 +22,6 @@ makes noise. It exists so the CLI, the notebooks and the tests can run end to en
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 import re
 import sysconfig
@@ -134,31 +133,7 @@ def train_tiny_tokenizer(directory: str | os.PathLike, vocab_size: int = 8000) -
     Returns:
       `directory`, as a string.
     """
-    # sentencepiece is a dependency (transformers' T5Tokenizer reads its models); imported here
-    # because only the tiny model trains one.
-    import sentencepiece as spm
-
-    directory = os.fspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_docstring_corpus()),
-        model_writer=model,
-        vocab_size=vocab_size,
-        model_type="unigram",
-        character_coverage=1.0,
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-        num_threads=2,
-        minloglevel=2,
-    )
-    tmp = os.path.join(directory, t5.SPIECE + ".partial")
-    with open(tmp, "wb") as f:
-        f.write(model.getvalue())
-    os.replace(tmp, os.path.join(directory, t5.SPIECE))
-    return directory
+    return t5.train_tokenizer(directory, _docstring_corpus(), vocab_size, "unigram", 2)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -355,6 +355,47 @@ def _tokenizer_class():
     return T5Tokenizer
 
 
+def train_tokenizer(
+    directory: str | os.PathLike,
+    sentences,
+    vocab_size: int,
+    model_type: str = "unigram",
+    num_threads: int = 1,
+) -> str:
+    """Trains a sentencepiece model with T5's ids (pad 0, eos 1, unk 2, no bos) on `sentences` and
+    writes it as DIR/spiece.model (atomically); `load_tokenizer(DIR)` then adds T5's 100
+    `<extra_id_*>` tokens. Used by the tiny-random model and the toy model, which train their own.
+
+    Returns:
+      `directory`, as a string.
+    """
+    import io
+
+    import sentencepiece as spm  # a dependency of transformers' T5Tokenizer; only training needs it
+
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences),
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type=model_type,
+        character_coverage=1.0,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        num_threads=num_threads,
+        minloglevel=2,
+    )
+    path = os.path.join(directory, SPIECE)
+    with open(path + ".partial", "wb") as f:
+        f.write(model.getvalue())
+    os.replace(path + ".partial", path)
+    return directory
+
+
 def load_tokenizer(directory_or_hub_id: str | os.PathLike):
     """transformers' `T5Tokenizer`, which audiocraft uses.
 

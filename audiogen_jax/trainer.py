@@ -212,13 +212,18 @@ def _write_json(path: str, value) -> None:
 # Checkpoints (orbax) and metrics.
 
 
-def _checkpoint_manager(run_dir: str):
+def checkpoint_manager(directory: str):
+    """An orbax manager of the checkpoints in `directory` (created), keeping the last two.
+
+    Shared with the toy model's training command (`toy/resume.py`)."""
     import orbax.checkpoint as ocp
 
     options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
-    return ocp.CheckpointManager(
-        os.path.join(os.path.abspath(run_dir), "checkpoints"), options=options
-    )
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def _checkpoint_manager(run_dir: str):
+    return checkpoint_manager(os.path.join(run_dir, "checkpoints"))
 
 
 def _flat(state) -> dict:
@@ -228,7 +233,8 @@ def _flat(state) -> dict:
     return {f"{i:05d}": leaf for i, leaf in enumerate(jax.tree.leaves(state))}
 
 
-def _save(manager, state) -> None:
+def save_state(manager, state) -> None:
+    """Checkpoints a training state (any pytree with an int `step`) unless its step is saved."""
     import orbax.checkpoint as ocp
 
     step = int(state.step)
@@ -237,7 +243,9 @@ def _save(manager, state) -> None:
         manager.wait_until_finished()
 
 
-def _restore(manager, state):
+def restore_state(manager, state):
+    """The latest checkpoint read into the structure and shardings of `state` (returned as is
+    when there is none). Raises `TrainError` when the checkpoint does not fit `state`."""
     import jax
     import orbax.checkpoint as ocp
 
@@ -253,10 +261,18 @@ def _restore(manager, state):
     try:
         restored = manager.restore(step, args=ocp.args.StandardRestore(target))
     except (ValueError, KeyError) as e:
-        raise TrainError(
-            f"--resume: the checkpoint of step {step} does not fit this model ({e})"
-        ) from e
+        raise TrainError(f"the checkpoint of step {step} does not fit this model ({e})") from e
     return jax.tree.unflatten(treedef, [restored[k] for k in sorted(restored)])
+
+
+_save = save_state
+
+
+def _restore(manager, state):
+    try:
+        return restore_state(manager, state)
+    except TrainError as e:
+        raise TrainError(f"--resume: {e}") from e.__cause__
 
 
 class _Metrics:

@@ -1,11 +1,14 @@
 """The toy codec's driver: deterministic batches, a short run end to end (train -> converted
-directory -> `EncodecModel.from_pretrained` -> evaluation) on a micro config, and the shipped
-codec's quality against the numbers in docs/toy.md."""
+directory -> `EncodecModel.from_pretrained` -> evaluation) on a micro config, an interrupted run
+resuming to the same bytes, and the shipped codec's quality against the numbers in docs/toy.md."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -14,7 +17,7 @@ from audiogen_jax import encodec_train as et
 from audiogen_jax.config import EncodecConfig
 from audiogen_jax.encodec import EncodecModel
 from audiogen_jax.quantization_train import VQTrainConfig
-from audiogen_jax.toy import WEIGHTS, codec, world
+from audiogen_jax.toy import WEIGHTS, codec, resume, world
 
 
 def test_training_batches_are_deterministic_crops_of_the_world():
@@ -61,6 +64,36 @@ def test_a_short_run_writes_a_directory_that_loads_and_evaluates(tmp_path, capsy
     assert codec.main(["--eval", str(tmp_path / "c"), "--eval-clips", "4"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["split"] for line in lines] == ["train", "heldout"]
+
+
+def test_an_interrupted_run_resumes_to_the_same_codec(tmp_path, monkeypatch):
+    """Ctrl-C (a real SIGINT, while update 3's batch is drawn) finishes that update, checkpoints it
+    and raises; the next call draws only the batches of updates 4 and 5 and ends with the codec
+    of an uninterrupted run, weights and codebooks bit for bit."""
+    whole = codec.train(0, 5, MICRO, MICRO_TRAIN, progress=False)
+    draw, drawn = codec.training_batch, []
+
+    def pressing(seed, step, *rest):
+        drawn.append(step)
+        if len(drawn) == 4 + 3:  # the k-means start draws steps 0-3 first
+            os.kill(os.getpid(), signal.SIGINT)
+        return draw(seed, step, *rest)
+
+    monkeypatch.setattr(codec, "training_batch", pressing)
+    ckpt = resume.Checkpoints(str(tmp_path / "ckpt"), "codec", every=2)
+    with ckpt, pytest.raises(resume.Interrupted) as stopped:
+        codec.train(0, 5, MICRO, MICRO_TRAIN, progress=False, checkpoints=ckpt)
+    assert (stopped.value.stage, stopped.value.step, ckpt.latest_step()) == ("codec", 3, 3)
+    drawn.clear()
+    monkeypatch.setattr(codec, "training_batch", lambda *a: drawn.append(a[1]) or draw(*a))
+    with ckpt:
+        resumed = codec.train(0, 5, MICRO, MICRO_TRAIN, progress=False, checkpoints=ckpt)
+    assert drawn == [0, 1, 2, 3, 3, 4]
+    expected = jax.tree.leaves_with_path(nnx.state(whole))
+    got = jax.tree.leaves_with_path(nnx.state(resumed))
+    assert [path for path, _ in expected] == [path for path, _ in got]
+    for (path, a), (_, b) in zip(expected, got, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(path))
 
 
 def test_main_rejects_bad_arguments():

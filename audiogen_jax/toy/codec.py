@@ -41,7 +41,7 @@ from audiogen_jax import encodec_train as et
 from audiogen_jax.config import EncodecConfig
 from audiogen_jax.encodec import EncodecModel
 from audiogen_jax.quantization_train import VQTrainConfig
-from audiogen_jax.toy import checker, world
+from audiogen_jax.toy import checker, resume, world
 
 TOY_CODEC = EncodecConfig(
     sample_rate=world.SAMPLE_RATE,
@@ -136,14 +136,26 @@ def train(
     *,
     progress: bool = True,
     log=None,
+    checkpoints: resume.Checkpoints | None = None,
 ) -> EncodecModel:
-    """Trains the toy codec from scratch; a pure function of `seed` (and the configs)."""
+    """Trains the toy codec from scratch; a pure function of `seed` (and the configs).
+
+    With `checkpoints` (entered), the run starts from their last state and saves into them: every
+    step's batch and codebook-restart key derive from (seed, step), so a resumed run ends with the
+    same codec as an uninterrupted one.
+    """
     model = et.unit_scale_init(EncodecModel(cfg, rngs=nnx.Rngs(seed)), seed)
-    trainer = et.CodecTrainer(model, dataclasses.replace(train_cfg, total_steps=steps))
+    # A run shorter than twice the warm-up (tests, the notebook's shortened run) warms up for half
+    # of it: the cosine schedule needs steps left after its warm-up.
+    warmup = min(train_cfg.warmup_steps, steps // 2)
+    train_cfg = dataclasses.replace(train_cfg, total_steps=steps, warmup_steps=warmup)
+    trainer = et.CodecTrainer(model, train_cfg)
     key = jax.random.key(seed)
     # The k-means start clusters the first four steps' batches: more latents per codeword.
     first = np.concatenate([training_batch(seed, i) for i in range(4)])
     state = trainer.init(jax.random.fold_in(key, 0), jnp.asarray(first))
+    if checkpoints is not None:
+        state, _ = checkpoints.restore(state)
     state = et.fit(
         trainer,
         state,
@@ -152,6 +164,7 @@ def train(
         jax.random.fold_in(key, 1),
         progress=progress,
         log=log,
+        on_step=None if checkpoints is None else checkpoints.after_update,
     )
     return trainer.export(state)
 

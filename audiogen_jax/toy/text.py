@@ -18,11 +18,11 @@ the vectors, for little compute: captions are about 10 tokens.
 
 from __future__ import annotations
 
-import io
 import os
 
 import numpy as np
 
+from audiogen_jax import t5
 from audiogen_jax.config import T5Config
 from audiogen_jax.toy import world
 
@@ -48,27 +48,6 @@ def captions(seed: int, count: int, split: str = "train") -> list[str]:
 
 
 def train_tokenizer(directory: str | os.PathLike, seed: int = 0) -> str:
-    """Trains DIR/spiece.model on the world's training captions (about a second); returns DIR."""
-    import sentencepiece as spm
-
-    directory = os.fspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(captions(seed, CORPUS_CAPTIONS)),
-        model_writer=model,
-        vocab_size=VOCAB_SIZE,
-        model_type="bpe",
-        character_coverage=1.0,
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-        num_threads=1,  # the piece table does not depend on thread timing
-        minloglevel=2,
-    )
-    path = os.path.join(directory, "spiece.model")
-    with open(path + ".partial", "wb") as f:
-        f.write(model.getvalue())
-    os.replace(path + ".partial", path)
-    return directory
+    """Trains DIR/spiece.model on the world's training captions (about a second); returns DIR.
+    One thread: the piece table does not depend on thread timing."""
+    return t5.train_tokenizer(directory, captions(seed, CORPUS_CAPTIONS), VOCAB_SIZE, "bpe", 1)
