@@ -47,21 +47,11 @@ from flax import nnx
 
 from audiogen_jax import lm as lm_lib
 from audiogen_jax.config import LMConfig
+from benchmarks.bench_generate import read_bandwidth_gbs  # the same read probe as generation's
 
 CONTEXT_TOKENS = 12  # L: the text condition's length
+PROBE_BYTES = 1 << 30  # the read probe's array
 _ITEM_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "f32": 4}
-
-
-def read_bandwidth_gbs(nbytes: int = 1 << 30, repeats: int = 5) -> float:
-    """Best-of-`repeats` numpy sum over `nbytes` of float32 (one thread, a pure read)."""
-    a = np.ones(nbytes // 4, np.float32)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a.sum()
-        best = min(best, time.perf_counter() - t0)
-    del a
-    return nbytes / best / 1e9
 
 
 def streamed_bytes(model: lm_lib.LMModel) -> int:
@@ -353,7 +343,7 @@ def time_dots(cfg: LMConfig, args) -> None:
                 jax.block_until_ready(fn(x, ws))
                 times[key].append(time.perf_counter() - t0)
         loads.append(_load())
-    read_gbs = read_bandwidth_gbs()
+    read_gbs = read_bandwidth_gbs(PROBE_BYTES)
     print(f"single matmuls: load {min(loads):.1f}-{max(loads):.1f}, read probe {read_gbs:.1f} GB/s")
     for key, (_, _, sets) in cases.items():
         nbytes = sum(w.nbytes for w in sets[0])
@@ -399,13 +389,13 @@ def main() -> None:
                 c = build(cfg, dtype, layout, batch, args.cache, models)
                 c.run(2)  # compile and warm up
                 configs.append(c)
-    read_gbs = read_bandwidth_gbs()
+    read_gbs = read_bandwidth_gbs(PROBE_BYTES)
     loads = [_load()]
     for _ in range(args.rounds):
         for c in configs:
             c.times += c.run(args.repeats)
         loads.append(_load())
-    read_gbs = max(read_gbs, read_bandwidth_gbs())
+    read_gbs = max(read_gbs, read_bandwidth_gbs(PROBE_BYTES))
     print(
         f"read probe {read_gbs:.1f} GB/s; load during the rounds {min(loads):.1f}-{max(loads):.1f}"
     )
