@@ -200,8 +200,8 @@ def train_lm(
 
     With `devices` > 1 the batch is split over the first `devices` JAX devices (a `data` mesh,
     `sharding.py`; every weight replicated): the same update, its sums taken in another order. On
-    CPU, `--xla_force_host_platform_device_count` makes the devices, one thread each, which uses
-    the cores that a single device's small matmuls leave idle (`__main__.py` sets it).
+    CPU, `jax_num_cpu_devices` makes the devices, one thread each, which uses the cores that a
+    single device's small matmuls leave idle (`__main__.py` sets it before JAX starts).
 
     With `checkpoints` (entered), training continues from their last state (read into this run's
     placement) and saves into them. The batches and the dropout coins are functions of (seed,
