@@ -205,6 +205,20 @@ def test_the_quality_captions_cover_every_scene_once_held_out_last():
         assert world.parse_caption(caption) == scene
 
 
+def test_quality_per_caption_counts_the_events_of_every_clip(capsys):
+    rc = toy_cli.main(["quality", "--caption", "two clicks", "--clips", "3", "--cfg", "0", "3"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if "two clicks" in line]
+    assert [r[1].strip() for r in rows] == ["0", "3"]
+    for _, _, exact, heard in rows:
+        assert exact.strip().endswith("/3")
+        assert sum(int(pair.split(":")[1]) for pair in heard.split(",")) == 3
+    with pytest.raises(SystemExit):
+        toy_cli.main(["quality", "--caption", "a dog barks"])
+    assert "unknown word 'dog'" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------------------------------
 # The shipped model.
 
