@@ -1,6 +1,6 @@
 """The toy AudioGen's quality: generate for fixed captions, read the clips back with the checker.
 
-    python -m audiogen_jax.toy quality                 # the shipped model, CFG 0, 1 and 3
+    python -m audiogen_jax.toy quality                 # the shipped model, CFG 0, 1, 2 and 3
     python -m audiogen_jax.toy quality --model DIR --cfg 3
     python -m audiogen_jax.toy quality --caption "a high beep repeated three times" --clips 20
 
@@ -26,7 +26,7 @@ import numpy as np
 from audiogen_jax.toy import checker, world
 
 CLIPS_PER_CAPTION = 4
-CFG_COEFS = (0.0, 1.0, 3.0)
+CFG_COEFS = (0.0, 1.0, 2.0, 3.0)
 CAPTION_SEED = 20_000  # the captions' phrasing draw (training draws its captions with seed 0)
 CHUNK = 128  # clips generated per call, mixed batches
 BATCHINGS = ("caption", "mixed")
