@@ -20,11 +20,15 @@ under a key computed from the call alone, without tracing:
   - a hash of every source file of the `audiogen_jax` package, so an edit never meets an old entry.
 
 A process that finds the file loads the executable and runs it: no tracing, no lowering, no
-compilation. One that does not compiles ahead of time (`jit.trace(...).lower().compile()`, which
-also fills JAX's own cache), writes the file atomically (a temporary name, then a rename), and runs
-that same executable, so a cold and a warm run execute the same computation. Donation is part of
-the executable. Within a process, each program is looked up once; later calls with the same
-static arguments and types reuse it, as `jax.jit` does.
+compilation. One that does not compiles ahead of time (`jit.trace(...).lower().compile()`) with
+JAX's persistent cache switched off for that one compilation, writes the file atomically (a
+temporary name, then a rename), and runs that same executable, so a cold and a warm run execute
+the same computation. Why off: an executable JAX's cache hands back cannot be serialized again on
+XLA:CPU (jaxlib 0.10.2); the copy loads, then fails when run (`NOT_FOUND: Function wrapped_iota
+not found`). That happened whenever this file was missing but JAX's cache held the same program:
+after an edit of the package (the key below changes, the program may not) or a deleted directory.
+Donation is part of the executable. Within a process, each program is looked up once; later calls
+with the same static arguments and types reuse it, as `jax.jit` does.
 
 Why not `jax.export`: it carries the weights as arguments and a donated state (through a `jax.jit`
 around `Exported.call`), but its serialization needs `flatbuffers`, an optional JAX dependency this
@@ -56,6 +60,7 @@ from typing import Any
 import jax
 import jaxlib
 from jax.experimental import serialize_executable
+from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
 from audiogen_jax import compilation_cache
 
@@ -138,6 +143,19 @@ def _path(fn: Any, static: dict[str, Any], treedef: Any, types: tuple[str, ...])
     return os.path.join(directory, f"{name.rsplit('.', 1)[-1].strip('_<>')}-{key}.pkl")
 
 
+def _compile_afresh(fn: Any, args: tuple, static: dict[str, Any]) -> jax.stages.Compiled:
+    """`fn`'s executable for these arguments, compiled by XLA, never read from JAX's persistent
+    cache (whose executables cannot be serialized again: the module's docstring)."""
+    enabled = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    jax_cache.reset_cache()  # JAX decides once per process whether its cache is on: ask again
+    try:
+        return fn.trace(*args, **static).lower().compile()
+    finally:
+        jax.config.update("jax_enable_compilation_cache", enabled)
+        jax_cache.reset_cache()
+
+
 def _read(path: str) -> jax.stages.Compiled | None:
     try:
         with open(path, "rb") as f:
@@ -189,7 +207,7 @@ def call(fn: Any, *args: Any, **static: Any) -> Any:
             jax.monitoring.record_event_duration_secs(READ_SECONDS, time.perf_counter() - start)
         else:
             jax.monitoring.record_event(MISS)
-            compiled = fn.trace(*args, **static).lower().compile()
+            compiled = _compile_afresh(fn, args, static)
             start = time.perf_counter()
             _write(path, compiled)
             jax.monitoring.record_event_duration_secs(WRITE_SECONDS, time.perf_counter() - start)

@@ -17,7 +17,11 @@ from audiogen_jax import AudioGen  # noqa: E402
 from audiogen_jax.audio import audio_write  # noqa: E402
 from audiogen_jax.toy import checker, world  # noqa: E402
 
-CAPTIONS = ("a rising chirp", "a low beep then a rising chirp", "two clicks")
+CAPTIONS = (
+    "a rising chirp",
+    "a falling chirp then a high beep",
+    "a high beep repeated three times",
+)
 
 
 def main() -> None:

@@ -138,5 +138,10 @@ def test_events_are_separated_by_silence_and_fit_the_clip():
         runs = np.split(loud, np.flatnonzero(np.diff(loud) > 1) + 1)
         assert len(runs) == ex.scene.count, ex.caption
         gaps = [(b[0] - a[-1]) / SR for a, b in zip(runs, runs[1:], strict=False)]
-        assert all(g >= world.GAP_SECONDS[0] - 1e-3 for g in gaps)
+        assert all(g >= world.GAP_SECONDS - 1e-3 for g in gaps)
         assert loud[-1] <= len(ex.wav) - world.TAIL_SECONDS * SR
+        # Event i of n starts ONSET_SECONDS into slot i of the n equal slots of the clip.
+        slot = world.DURATION / ex.scene.count
+        for i, run in enumerate(runs):
+            late = run[0] / SR - i * slot
+            assert world.ONSET_SECONDS[0] - 1e-3 <= late <= world.ONSET_SECONDS[1] + 1e-3

@@ -24,7 +24,7 @@ import sys
 
 from audiogen_jax import atomic
 from audiogen_jax.toy import codec as toy_codec
-from audiogen_jax.toy import model, quality, resume
+from audiogen_jax.toy import model, quality, resume, world
 
 
 def parser(prog: str = "python -m audiogen_jax.toy") -> argparse.ArgumentParser:
@@ -68,6 +68,12 @@ def parser(prog: str = "python -m audiogen_jax.toy") -> argparse.ArgumentParser:
         choices=quality.BATCHINGS,
         default="caption",
         help="each caption's clips alone (default), or 128 clips of mixed captions per call",
+    )
+    q.add_argument(
+        "--caption",
+        action="append",
+        help="measure this caption instead of the fixed set (repeatable): per caption, the clips "
+        "read exactly right and the number of events heard",
     )
     q.add_argument("--json", help="also write the results to this file")
     return p
@@ -178,8 +184,17 @@ def main(argv: list[str] | None = None, prog: str = "python -m audiogen_jax.toy"
         print(json.dumps(report))
         return 0
     _check_positive(p, clips=args.clips)
-    results = quality.measure(args.model, args.cfg, args.clips, args.seed, args.batching)
-    print(quality.table(results))
+    if args.caption:
+        for text in args.caption:  # refuse a caption outside the world before loading anything
+            try:
+                world.parse_caption(text)
+            except ValueError as e:
+                p.error(str(e))
+        results = quality.per_caption(args.model, args.caption, args.cfg, args.clips, args.seed)
+        print(quality.per_caption_table(results))
+    else:
+        results = quality.measure(args.model, args.cfg, args.clips, args.seed, args.batching)
+        print(quality.table(results))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=1)

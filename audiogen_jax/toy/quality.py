@@ -1,13 +1,15 @@
 """The toy AudioGen's quality: generate for fixed captions, read the clips back with the checker.
 
-    python -m audiogen_jax.toy quality                 # the shipped model, CFG 0, 1 and 3
+    python -m audiogen_jax.toy quality                 # the shipped model, CFG 0, 1, 2 and 3
     python -m audiogen_jax.toy quality --model DIR --cfg 3
+    python -m audiogen_jax.toy quality --caption "a high beep repeated three times" --clips 20
 
 The captions are one per scene of the world (`world.ALL_SCENES`: 58 training scenes and the 5
 held-out ones, whose words never occur together in training), each phrased by a fixed draw of the
 world's caption grammar. Every caption gets `CLIPS_PER_CAPTION` clips, sampled with the model's
 own settings (top-k, temperature) and the given guidance coefficients; each clip is read by
 `checker.read` and scored against its caption's scene (`checker.score`). Same seed, same numbers.
+`per_caption` does the same for captions of your own, many clips each, and counts the events heard.
 
 Batches: by default each caption's clips are generated together, alone, as `audiogen-jax generate
 "..."` does (no caption is padded); `batching="mixed"` generates 128 clips of different captions
@@ -17,12 +19,14 @@ zero keys, so the two can differ).
 
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 
 from audiogen_jax.toy import checker, world
 
 CLIPS_PER_CAPTION = 4
-CFG_COEFS = (0.0, 1.0, 3.0)
+CFG_COEFS = (0.0, 1.0, 2.0, 3.0)
 CAPTION_SEED = 20_000  # the captions' phrasing draw (training draws its captions with seed 0)
 CHUNK = 128  # clips generated per call, mixed batches
 BATCHINGS = ("caption", "mixed")
@@ -103,6 +107,49 @@ def measure(
         "batching": batching,
         "results": results,
     }
+
+
+def per_caption(name_or_dir: str, texts: list[str], cfg_coefs, clips: int, seed: int):
+    """For each guidance coefficient and caption (read by `world.parse_caption`): `clips` clips
+    generated together, alone, as `audiogen-jax generate` does, and how many the checker reads
+    exactly right and how many events it hears in each.
+
+    Returns:
+      [{"caption", "cfg_coef", "clips", "exact", "events"}], "events" a {events heard: clips} dict.
+    """
+    from audiogen_jax.audiogen import AudioGen
+
+    model = AudioGen.from_pretrained(name_or_dir)
+    rows = []
+    for coef in cfg_coefs:
+        model.set_generation_params(cfg_coef=float(coef))
+        for text in texts:
+            scene = world.parse_caption(text)
+            wav = model.generate([text] * clips, seed=seed)
+            heard = [checker.read(w, model.sample_rate) for w in wav[:, 0]]
+            exact = sum(bool(checker.score(scene, h)["exact"]) for h in heard)
+            events = collections.Counter(len(h) for h in heard)
+            rows.append(
+                {
+                    "caption": text,
+                    "cfg_coef": float(coef),
+                    "clips": clips,
+                    "exact": exact,
+                    "events": dict(sorted(events.items())),
+                }
+            )
+    return rows
+
+
+def per_caption_table(rows: list[dict]) -> str:
+    """`per_caption`'s rows as a Markdown table."""
+    lines = ["| caption | CFG | exact | events heard: clips |", "|---|---|---|---|"]
+    for r in rows:
+        heard = ", ".join(f"{n}: {c}" for n, c in r["events"].items())
+        lines.append(
+            f"| {r['caption']} | {r['cfg_coef']:g} | {r['exact']}/{r['clips']} | {heard} |"
+        )
+    return "\n".join(lines)
 
 
 def table(measured: dict) -> str:
