@@ -53,7 +53,6 @@ import hashlib
 import os
 import pickle
 import re
-import tempfile
 import time
 from typing import Any
 
@@ -62,7 +61,7 @@ import jaxlib
 from jax.experimental import serialize_executable
 from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
-from audiogen_jax import compilation_cache
+from audiogen_jax import atomic, compilation_cache
 
 FORMAT = 1  # bump when the key or the file layout changes
 SUBDIR = "programs"  # under the compilation cache directory
@@ -173,14 +172,8 @@ def _write(path: str, compiled: jax.stages.Compiled) -> None:
     except (ValueError, NotImplementedError, TypeError, pickle.PicklingError):
         return  # a program JAX cannot serialize: it still runs, it is just not kept
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".partial-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic.replacing_file(path) as tmp, open(tmp, "wb") as f:
+        f.write(blob)
 
 
 def call(fn: Any, *args: Any, **static: Any) -> Any:
