@@ -13,8 +13,14 @@ missing, never torn). A lock file beside the destination (`.NAME.lock`, `fcntl.f
 writers, so two conversions into one directory cannot lose each other's updates; without `fcntl`
 (Windows) the unique temporary names alone still keep two writers from mixing their files.
 
-Files: `commit_files` moves staged files into place with `os.link` (which fails when the name
-exists, so a concurrent writer is never clobbered), and takes back what it placed if any one fails.
+Files: `replacing_file` gives a fresh temporary name beside a file and renames it over the file
+when the block ends (`write_json` on top of it); `commit_files` moves staged files into place with
+`os.link` (which fails when the name exists, so a concurrent writer is never clobbered), and takes
+back what it placed if any one fails.
+
+    with atomic.replacing_file("run/settings.json") as tmp, open(tmp, "w") as f:
+        f.write(...)                                        # readers see the old file or the new
+    atomic.write_json("run/settings.json", {"seed": 0}, indent=1)
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import contextlib
 import ctypes
 import errno
 import glob
+import json
 import os
 import shutil
 import uuid
@@ -155,6 +162,32 @@ def replacing_directory(
             _swap_in(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def replacing_file(final: str | os.PathLike) -> Iterator[str]:
+    """Yields a fresh temporary name beside `final` (`.NAME.partial-<random>`), renamed onto
+    `final` in one step (`os.replace`) when the block ends; removed instead if the block raises.
+
+    Readers of `final` see its old content or its new content, never a torn file, and two writers
+    never share a temporary name (the last rename wins). No lock: for one writer at a time, or
+    writers that may overwrite each other whole.
+    """
+    final = os.fspath(final)
+    tmp = _partial_prefix(final) + uuid.uuid4().hex
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):  # never created, or its folder is not one
+            os.unlink(tmp)
+        raise
+
+
+def write_json(final: str | os.PathLike, value, **dump_options) -> None:
+    """`json.dump(value, **dump_options)` into `final`, whole or not at all (`replacing_file`)."""
+    with replacing_file(final) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(value, f, **dump_options)
 
 
 def commit_files(moves: Sequence[tuple[str, str]], overwrite: bool) -> None:

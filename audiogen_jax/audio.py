@@ -36,7 +36,6 @@ import functools
 import logging
 import math
 import os
-import uuid
 from pathlib import Path
 
 import jax
@@ -44,6 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.signal
 import soundfile
+
+from audiogen_jax import atomic
 
 logger = logging.getLogger(__name__)
 
@@ -320,20 +321,17 @@ def audio_write(
     path = Path(str(stem_name) + (f".{format}" if add_suffix else ""))
     container, subtype = FORMATS[format]
     # A hidden temporary name next to the target, renamed over it only once fully written.
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        if make_parent_dir:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(tmp, "xb")  # noqa: SIM115 - closed by the `with` below
-    except OSError as e:
-        raise OSError(f"cannot write {path}: cannot create a file in {path.parent} ({e})") from e
-    try:
+    with atomic.replacing_file(path) as tmp:
+        try:
+            if make_parent_dir:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            f = open(tmp, "xb")  # noqa: SIM115 - closed by the `with` below
+        except OSError as e:
+            raise OSError(
+                f"cannot write {path}: cannot create a file in {path.parent} ({e})"
+            ) from e
         with f:
             soundfile.write(f, _to_pcm(wav, format), sample_rate, subtype=subtype, format=container)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -135,10 +135,7 @@ def update_config(directory: str | os.PathLike, section: str, values: Mapping[st
         with open(path, encoding="utf-8") as f:
             cfg = json.load(f)
     cfg.update({"format": FORMAT, "version": VERSION, section: dict(values)})
-    tmp = path + ".partial"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(cfg, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    atomic.write_json(path, cfg, indent=2, sort_keys=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -183,13 +180,6 @@ def _read_json(path: str) -> Any:
         return None
 
 
-def _write_json(path: str, value: Any) -> None:
-    tmp = f"{path}.partial-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
-
-
 def _hashed_unchanged(directory: str, manifest: Any) -> dict[str, str]:
     """{file: sha256} of the manifest's files that were hashed in this state before (the stamp)."""
     stamp = _read_json(os.path.join(directory, VERIFIED_FILE))
@@ -210,7 +200,7 @@ def _write_stamp(directory: str, files: list[str]) -> None:
     directory is simply hashed again at its next load)."""
     stamp = {"files": {rel: _stat_key(os.path.join(directory, rel)) for rel in files}}
     with contextlib.suppress(OSError):
-        _write_json(os.path.join(directory, VERIFIED_FILE), stamp)
+        atomic.write_json(os.path.join(directory, VERIFIED_FILE), stamp, indent=1, sort_keys=True)
 
 
 def write_manifest(directory: str | os.PathLike) -> dict[str, Any]:
@@ -228,7 +218,7 @@ def write_manifest(directory: str | os.PathLike) -> dict[str, Any]:
         sha = known.get(rel) or _sha256(full)
         files[rel] = {"size": os.path.getsize(full), "sha256": sha}
     manifest = {"format": MANIFEST_FORMAT, "version": 1, "files": files}
-    _write_json(path, manifest)
+    atomic.write_json(path, manifest, indent=1, sort_keys=True)
     _write_stamp(directory, list(files))
     return manifest
 

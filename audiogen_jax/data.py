@@ -41,6 +41,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from audiogen_jax import atomic
+
 AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff")
 MANIFESTS = ("data.jsonl", "data.jsonl.gz")
 CACHE_FORMAT = 1
@@ -214,13 +216,6 @@ def _item_key(path: str) -> str:
     return hashlib.sha1(ident.encode()).hexdigest()[:20]
 
 
-def _write_json(path: str, value) -> None:
-    tmp = f"{path}.partial-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=1)
-    os.replace(tmp, path)
-
-
 def _check_meta(cache_dir: str, meta: dict) -> None:
     path = os.path.join(cache_dir, "meta.json")
     if os.path.isfile(path):
@@ -234,7 +229,7 @@ def _check_meta(cache_dir: str, meta: dict) -> None:
             )
     else:
         os.makedirs(os.path.join(cache_dir, "items"), exist_ok=True)
-        _write_json(path, meta)
+        atomic.write_json(path, meta, indent=1)
 
 
 def prepare_cache(
@@ -304,15 +299,14 @@ def prepare_cache(
             codes.append(np.asarray(codec.encode(padded))[: len(chunk)])
         ids, mask = t5.tokenize(conditioner.tokenizer, [ex.description])
         text_LC = np.asarray(_t5_states(conditioner.t5, jnp.asarray(ids), jnp.asarray(mask)))[0]
-        tmp = f"{item}.partial-{os.getpid()}.npz"
-        np.savez(
-            tmp,
-            codes_NKT=np.concatenate(codes).astype(np.int16),
-            text_LC=text_LC.astype(np.float32),
-            description=np.asarray(ex.description),
-            path=np.asarray(ex.path),
-        )
-        os.replace(tmp, item)
+        with atomic.replacing_file(item) as tmp, open(tmp, "wb") as f:
+            np.savez(
+                f,
+                codes_NKT=np.concatenate(codes).astype(np.int16),
+                text_LC=text_LC.astype(np.float32),
+                description=np.asarray(ex.description),
+                path=np.asarray(ex.path),
+            )
         keys.append(key)
     return keys, skipped
 

@@ -6,7 +6,7 @@ compilation, but not the work that finds the cached program: tracing the Python 
 That was most of a second invocation's compile time (docs/performance.md, "Time to sound"). This
 module keeps the *executable* of each program, `jax.experimental.serialize_executable`'s bytes, in
 
-    <compilation cache directory>/programs/<function>-<sha256>.pkl
+    <compilation cache directory>/programs/<function>-<install>-<sha256>.pkl
 
 under a key computed from the call alone, without tracing:
 
@@ -15,9 +15,15 @@ under a key computed from the call alone, without tracing:
     sampling settings, the bucketed lengths, ... (a function among them is known by its name);
   - the structure of its array arguments and each one's type (shape, dtype, weak type) and
     sharding: the weights, the text bucket, the code buffer, the KV cache;
-  - JAX's and jaxlib's versions, the backend, its version and devices, the JAX settings and
-    `XLA_FLAGS` that change a program;
+  - JAX's and jaxlib's versions, the backend, its version and devices, the host CPU's model and
+    instruction-set flags (XLA:CPU compiles for the CPU it runs on, and a cache directory may be
+    shared by machines), the JAX settings and `XLA_FLAGS` that change a program;
   - a hash of every source file of the `audiogen_jax` package, so an edit never meets an old entry.
+
+`<install>` names the package sources and the JAX and jaxlib versions (12 hex digits). An entry
+of another install can never be read again by this one, so each write removes them: an edit or an
+upgrade leaves one set of programs, not one per version. (Two installs that share a directory
+therefore remove each other's; give each its own with AUDIOGEN_JAX_COMPILATION_CACHE.)
 
 A process that finds the file loads the executable and runs it: no tracing, no lowering, no
 compilation. One that does not compiles ahead of time (`jit.trace(...).lower().compile()`) with
@@ -48,12 +54,13 @@ your home directory).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
 import pickle
+import platform
 import re
-import tempfile
 import time
 from typing import Any
 
@@ -62,9 +69,9 @@ import jaxlib
 from jax.experimental import serialize_executable
 from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
-from audiogen_jax import compilation_cache
+from audiogen_jax import atomic, compilation_cache
 
-FORMAT = 1  # bump when the key or the file layout changes
+FORMAT = 2  # bump when the key or the file layout changes
 SUBDIR = "programs"  # under the compilation cache directory
 # JAX settings that change what a traced program computes or how it is compiled.
 _CONFIG = (
@@ -76,6 +83,8 @@ _CONFIG = (
     "jax_numpy_rank_promotion",
 )
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+# A kept program's file name, its install tag in group 1 (no tag: this file's FORMAT 1).
+_FILE = re.compile(r"^[A-Za-z0-9_]+-(?:([0-9a-f]{12})-)?[0-9a-f]{64}\.pkl$")
 # `jax.monitoring` events, beside JAX's compile events (benchmarks/bench_startup.py counts them).
 HIT = "/audiogen_jax/program_cache/hits"  # a program read from its file
 MISS = "/audiogen_jax/program_cache/misses"  # a program compiled (and written)
@@ -101,6 +110,30 @@ def source_hash() -> str:
     return digest.hexdigest()
 
 
+@functools.cache
+def _host_cpu() -> str:
+    """The CPU's model name and instruction-set flags (Linux's /proc/cpuinfo), else what
+    `platform` says of it."""
+    found = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "flags", "Features", "CPU part") and key not in found:
+                    found[key] = value.strip()
+    except OSError:
+        pass
+    return repr(sorted(found.items())) if found else f"{platform.machine()} {platform.processor()}"
+
+
+@functools.cache
+def install_tag() -> str:
+    """12 hex digits for this install: the package's sources and JAX's and jaxlib's versions."""
+    text = f"{source_hash()} {jax.__version__} {jaxlib.__version__}"
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def _environment() -> str:
     backend = jax.devices()[0].client
     config = [(name, str(getattr(jax.config, name, None))) for name in _CONFIG]
@@ -112,6 +145,7 @@ def _environment() -> str:
             backend.platform,
             backend.platform_version,
             [(str(d), d.device_kind) for d in jax.devices()],
+            _host_cpu(),
             config,
             os.environ.get("XLA_FLAGS", ""),
             source_hash(),
@@ -140,7 +174,8 @@ def _path(fn: Any, static: dict[str, Any], treedef: Any, types: tuple[str, ...])
         "\n".join([_environment(), name, text, str(treedef), *types]).encode()
     ).hexdigest()
     directory = os.path.join(compilation_cache.directory(), SUBDIR)
-    return os.path.join(directory, f"{name.rsplit('.', 1)[-1].strip('_<>')}-{key}.pkl")
+    stem = name.rsplit(".", 1)[-1].strip("_<>")
+    return os.path.join(directory, f"{stem}-{install_tag()}-{key}.pkl")
 
 
 def _compile_afresh(fn: Any, args: tuple, static: dict[str, Any]) -> jax.stages.Compiled:
@@ -173,14 +208,18 @@ def _write(path: str, compiled: jax.stages.Compiled) -> None:
     except (ValueError, NotImplementedError, TypeError, pickle.PicklingError):
         return  # a program JAX cannot serialize: it still runs, it is just not kept
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".partial-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic.replacing_file(path) as tmp, open(tmp, "wb") as f:
+        f.write(blob)
+    _remove_other_installs(os.path.dirname(path))
+
+
+def _remove_other_installs(directory: str) -> None:
+    """Deletes the kept programs of other installs (and of FORMAT 1, which had no tag)."""
+    for name in os.listdir(directory):
+        match = _FILE.match(name)
+        if match and match.group(1) != install_tag():
+            with contextlib.suppress(OSError):  # another process may have removed it first
+                os.remove(os.path.join(directory, name))
 
 
 def call(fn: Any, *args: Any, **static: Any) -> Any:

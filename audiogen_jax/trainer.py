@@ -40,6 +40,8 @@ import signal
 import sys
 import time
 
+from audiogen_jax import atomic
+
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
 # Settings a resumed run must share with the run it continues (the rest may change, e.g. --steps).
@@ -184,7 +186,7 @@ def _open_run(args, settings: dict) -> None:
                 f"{args.out} already holds a run: pass --resume, or choose another --out"
             )
         os.makedirs(args.out, exist_ok=True)
-        _write_json(run_file, settings)
+        atomic.write_json(run_file, settings, indent=1)
         return
     if not os.path.isfile(run_file):
         raise TrainError(f"--resume: {args.out} holds no run ({RUN_FILE} is missing)")
@@ -199,13 +201,6 @@ def _open_run(args, settings: dict) -> None:
     if changed:
         diffs = ", ".join(f"{k} {old.get(k)!r} -> {settings[k]!r}" for k in changed)
         raise TrainError(f"--resume: the run was started with other settings ({diffs})")
-
-
-def _write_json(path: str, value) -> None:
-    tmp = f"{path}.partial"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=1)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------------

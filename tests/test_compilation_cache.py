@@ -158,13 +158,18 @@ def test_kept_programs_are_keyed_on_the_source_and_survive_torn_files(monkeypatc
     assert events == [] and program_cache._loaded == {} and _entries(kept) == {name}
     np.testing.assert_array_equal(wav, wav_off)
 
-    # Another source (an edited package) never meets the old entry.
-    real_hash = program_cache.source_hash()
-    monkeypatch.setattr(program_cache, "source_hash", lambda: "edited" + real_hash)
+    # Another source (an edited package) never meets the old entry, and its write removes it
+    # (an entry of another install is never read again); so does the way back.
+    real_tag = program_cache.install_tag()
+    monkeypatch.setattr(program_cache, "install_tag", lambda: "0123456789ab")
+    monkeypatch.setattr(program_cache, "source_hash", lambda: "edited")
     wav_edited, events = _kept_decode(monkeypatch, tmp_path)
-    assert events == ["misses"] and len(_entries(kept)) == 2
+    (edited,) = _entries(kept)
+    assert events == ["misses"] and edited != name and "-0123456789ab-" in edited
     np.testing.assert_array_equal(wav, wav_edited)
-    monkeypatch.setattr(program_cache, "source_hash", lambda: real_hash)
+    monkeypatch.undo()  # the real sources again (and _kept_decode patches the rest anew)
+    assert program_cache.install_tag() == real_tag
+    assert _kept_decode(monkeypatch, tmp_path)[1] == ["misses"] and _entries(kept) == {name}
 
     # A torn file is compiled again and replaced, atomically (no partial file left behind).
     path = kept / name

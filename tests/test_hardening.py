@@ -428,6 +428,22 @@ def test_commit_files_is_all_or_none(tmp_path):
     assert [(tmp_path / f"{n}.wav").read_text() for n in "abc"] == ["a", "b", "c"]
 
 
+def test_a_replaced_file_is_old_or_new_never_torn(tmp_path):
+    path = tmp_path / "settings.json"
+    atomic.write_json(path, {"seed": 0}, indent=1)
+    with pytest.raises(RuntimeError, match="killed"):
+        with atomic.replacing_file(path) as tmp, open(tmp, "w") as f:
+            f.write('{"seed": ')
+            raise RuntimeError("killed halfway")
+    assert json.loads(path.read_text()) == {"seed": 0} and os.listdir(tmp_path) == [path.name]
+    with atomic.replacing_file(path) as a, atomic.replacing_file(path) as b:
+        assert a != b and os.path.dirname(a) == str(tmp_path)  # two writers, two temporaries
+        for name, seed in ((a, 1), (b, 2)):
+            with open(name, "w") as f:
+                json.dump({"seed": seed}, f)
+    assert json.loads(path.read_text()) == {"seed": 1} and os.listdir(tmp_path) == [path.name]
+
+
 def test_unexpected_errors_are_one_line_and_debug_shows_them(
     tiny_dir, tmp_path, capsys, monkeypatch
 ):

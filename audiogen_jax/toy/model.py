@@ -125,7 +125,7 @@ def encode_clips(
 
 def save_clips(data: Dataset, path: str) -> None:
     """Writes the encoded clips into one .npz file, whole or not at all."""
-    with resume.staged_file(path) as tmp, open(tmp, "wb") as f:
+    with atomic.replacing_file(path) as tmp, open(tmp, "wb") as f:
         np.savez(
             f,
             codes_NKT=data.codes_NKT,

@@ -26,16 +26,14 @@ Checkpoints use the fine-tuning command's orbax functions (`trainer.checkpoint_m
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import signal
 import sys
 import threading
-from collections.abc import Iterator
 
-from audiogen_jax import trainer
+from audiogen_jax import atomic, trainer
 
 SUFFIX = ".training"
 SETTINGS_FILE = "settings.json"
@@ -60,12 +58,6 @@ def work_directory(out: str | os.PathLike) -> str:
     return os.path.realpath(out) + SUFFIX
 
 
-def _write_json(path: str, value) -> None:
-    with open(path + ".partial", "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=1)
-    os.replace(path + ".partial", path)
-
-
 def open_work(work: str, settings: dict, restart: bool) -> bool:
     """Starts the work directory, or checks that it holds a run of the same settings.
 
@@ -78,7 +70,7 @@ def open_work(work: str, settings: dict, restart: bool) -> bool:
     path = os.path.join(work, SETTINGS_FILE)
     if not os.path.isfile(path):
         os.makedirs(work, exist_ok=True)
-        _write_json(path, settings)
+        atomic.write_json(path, settings, indent=1)
         return False
     with open(path, encoding="utf-8") as f:
         old = json.load(f)
@@ -154,7 +146,7 @@ class Checkpoints:
         # Its device scalars become floats in place, so each is fetched once.
         if self.history is not None:
             history[:] = [float(x) for x in history]
-            _write_json(self.history, history)
+            atomic.write_json(self.history, history, indent=1)
         trainer.save_state(self._manager, state)
 
     def after_update(self, step: int, state, history: list | None = None) -> None:
@@ -163,15 +155,3 @@ class Checkpoints:
             self.save(state, history)
         if self._interrupted:
             raise Interrupted(self.stage, step)
-
-
-@contextlib.contextmanager
-def staged_file(path: str) -> Iterator[str]:
-    """A temporary name for `path`, renamed onto it when the block ends without error."""
-    tmp = path + ".partial"
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
