@@ -72,6 +72,7 @@ from jax.experimental.compilation_cache import compilation_cache as jax_cache
 from audiogen_jax import atomic, compilation_cache
 
 FORMAT = 2  # bump when the key or the file layout changes
+STALE_SECONDS = 3600  # a temporary this old is a killed writer's, not one still writing
 SUBDIR = "programs"  # under the compilation cache directory
 # JAX settings that change what a traced program computes or how it is compiled.
 _CONFIG = (
@@ -214,12 +215,17 @@ def _write(path: str, compiled: jax.stages.Compiled) -> None:
 
 
 def _remove_other_installs(directory: str) -> None:
-    """Deletes the kept programs of other installs (and of FORMAT 1, which had no tag)."""
+    """Deletes the kept programs of other installs (and of FORMAT 1, which had no tag), and
+    temporaries that killed writers left more than `STALE_SECONDS` ago."""
+    stale = time.time() - STALE_SECONDS
     for name in os.listdir(directory):
+        path = os.path.join(directory, name)
         match = _FILE.match(name)
-        if match and match.group(1) != install_tag():
-            with contextlib.suppress(OSError):  # another process may have removed it first
-                os.remove(os.path.join(directory, name))
+        with contextlib.suppress(OSError):  # another process may have removed it first
+            if match and match.group(1) != install_tag():
+                os.remove(path)
+            elif ".pkl.partial-" in name and os.stat(path).st_mtime < stale:
+                os.remove(path)
 
 
 def call(fn: Any, *args: Any, **static: Any) -> Any:

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -171,13 +172,20 @@ def test_kept_programs_are_keyed_on_the_source_and_survive_torn_files(monkeypatc
     assert program_cache.install_tag() == real_tag
     assert _kept_decode(monkeypatch, tmp_path)[1] == ["misses"] and _entries(kept) == {name}
 
+    # A killed writer's temporary is removed by the next write once it is an hour old.
+    old, fresh = kept / f".{name}.partial-old", kept / f".{name}.partial-fresh"
+    old.write_bytes(b"torn")
+    fresh.write_bytes(b"being written")
+    os.utime(old, (0, time.time() - program_cache.STALE_SECONDS - 60))
+
     # A torn file is compiled again and replaced, atomically (no partial file left behind).
     path = kept / name
     path.write_bytes(path.read_bytes()[:100])
     wav_torn, events = _kept_decode(monkeypatch, tmp_path)
     assert events == ["misses"] and path.stat().st_size > 100
     np.testing.assert_array_equal(wav, wav_torn)
-    assert not [n for n in _entries(kept) if n.startswith(".")]
+    assert [n for n in _entries(kept) if n.startswith(".")] == [fresh.name]
+    fresh.unlink()
     assert _kept_decode(monkeypatch, tmp_path)[1] == ["hits"]
 
 
