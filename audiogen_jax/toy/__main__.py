@@ -72,8 +72,8 @@ def parser(prog: str = "python -m audiogen_jax.toy") -> argparse.ArgumentParser:
     q.add_argument(
         "--caption",
         action="append",
-        help="measure this caption instead of the fixed set (repeatable): per caption, the clips "
-        "read exactly right and the number of events heard",
+        help="measure this caption instead of the fixed set (repeatable): its clips generated "
+        "together, alone, and per caption the clips read exactly right and the events heard",
     )
     q.add_argument("--json", help="also write the results to this file")
     return p
